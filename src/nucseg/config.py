@@ -1,0 +1,40 @@
+"""Project paths, parameters and environment defaults shared by every stage."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Quiet, offline-friendly defaults; set before TensorFlow, MLflow or DVC are imported.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+ROOT = Path(os.environ.get("NUCSEG_ROOT", Path.cwd())).resolve()
+PARAMS_FILE = "params.yaml"
+EXPERIMENT_NAME = "nucseg"
+REGISTERED_MODEL = "nucseg-unet"
+
+
+def load_params(path: str | Path | None = None) -> dict[str, Any]:
+    path = Path(path or ROOT / PARAMS_FILE)
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` wins; otherwise the sqlite store at the project root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
+
+
+def get_logger(name: str) -> logging.Logger:
+    """Our loggers speak at INFO; third-party libraries only at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
+    logger = logging.getLogger(name)
+    logger.setLevel(os.environ.get("NUCSEG_LOG_LEVEL", "INFO"))
+    return logger

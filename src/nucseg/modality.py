@@ -1,0 +1,128 @@
+"""Stage `modality`: k-means on colour/intensity features groups images by imaging modality.
+
+DSB2018 mixes fluorescence (bright nuclei on black), brightfield (dark nuclei on a light grey
+background) and H&E histology (purple nuclei on pink tissue). Clusters are named from their
+centroids, not their index, so the names survive a reseed; the fitted model is kept as JSON so
+scoring can assign a modality to new images.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from nucseg import io
+from nucseg.config import get_logger
+
+log = get_logger("nucseg.modality")
+
+# Background level separates dark-field fluorescence from light-field images; log-saturation
+# separates stained (H&E) from grey brightfield, whose saturation is exactly zero.
+FEATURES = ["median", "log_saturation"]
+HISTOLOGY_MIN_SATURATION = 0.05
+
+
+def log_saturation(saturation: float) -> float:
+    return float(np.log(saturation + 0.01))
+FLUORESCENCE_MAX_MEDIAN = 0.35
+
+
+def image_features(image: np.ndarray) -> np.ndarray:
+    """Background level and colourfulness, on the stored intensity scale."""
+    scale = np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else max(float(image.max()), 1.0)
+    rgb = io.to_rgb(image).astype(np.float32) / scale
+    grey = rgb.mean(axis=2)
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    return np.array([np.median(grey), log_saturation(hsv[..., 1].mean())], np.float32)
+
+
+def name_clusters(centroids: np.ndarray) -> list[str]:
+    """Modality of each centroid (feature units): a dark background means fluorescence; of the
+    light-background clusters the most colourful is histology (H&E stain), the rest brightfield."""
+    columns = {name: centroids[:, j] for j, name in enumerate(FEATURES)}
+    names = np.where(columns["median"] <= FLUORESCENCE_MAX_MEDIAN, "fluorescence", "brightfield").astype(object)
+    light = np.flatnonzero(names == "brightfield")
+    if len(light):
+        most_colourful = light[np.argmax(columns["log_saturation"][light])]
+        if columns["log_saturation"][most_colourful] >= log_saturation(HISTOLOGY_MIN_SATURATION):
+            names[most_colourful] = "histology"
+    seen: Counter[str] = Counter()
+    unique = []
+    for name in names:
+        seen[name] += 1
+        unique.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return unique
+
+
+def fit(features: np.ndarray, n_clusters: int, seed: int) -> dict[str, Any]:
+    """K-means on standardised features; returns a JSON-able model with named clusters."""
+    from sklearn.cluster import KMeans
+    from sklearn.preprocessing import StandardScaler
+
+    n_clusters = min(n_clusters, len(features))
+    scaler = StandardScaler().fit(features)
+    kmeans = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit(scaler.transform(features))
+    centroids = scaler.inverse_transform(kmeans.cluster_centers_)
+    names = name_clusters(centroids)
+    return {"features": FEATURES, "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
+            "centroids": kmeans.cluster_centers_.tolist(), "centroids_in_feature_units": centroids.tolist(),
+            "names": names}
+
+
+def predict(model: dict[str, Any], features: np.ndarray) -> list[str]:
+    """Name of the nearest centroid for each feature row."""
+    scaled = (np.atleast_2d(features) - np.array(model["mean"])) / np.array(model["scale"])
+    distances = ((scaled[:, None, :] - np.array(model["centroids"])[None]) ** 2).sum(axis=2)
+    return [model["names"][i] for i in distances.argmin(axis=1)]
+
+
+def example_grid(groups: dict[str, list[np.ndarray]], thumb: int) -> np.ndarray:
+    """One row of thumbnails per modality, its name written on the first tile."""
+    columns = max(len(images) for images in groups.values())
+    grid = np.full((len(groups) * thumb, columns * thumb, 3), 255, np.uint8)
+    for row, (name, images) in enumerate(groups.items()):
+        for col, image in enumerate(images):
+            tile = (io.normalize_image(image) * 255).astype(np.uint8)
+            grid[row * thumb:(row + 1) * thumb, col * thumb:(col + 1) * thumb] = cv2.resize(
+                tile, (thumb, thumb), interpolation=cv2.INTER_AREA)
+        cv2.putText(grid, name, (3, row * thumb + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1, cv2.LINE_AA)
+    return grid
+
+
+def run(params: dict[str, Any], manifest_path: str | Path = "artifacts/manifest.csv",
+        table_path: str | Path = "artifacts/modality.csv", model_path: str | Path = "artifacts/modality_model.json",
+        grid_path: str | Path = "reports/modality_examples.png",
+        counts_path: str | Path = "reports/modality_counts.json") -> dict[str, dict[str, int]]:
+    cfg = params["modality"]
+    manifest = pd.read_csv(manifest_path)
+    images = {row.id: io.read_image(row.image_path)
+              for row in tqdm(manifest.itertuples(), total=len(manifest), desc="modality: features", unit="image")}
+    features = np.stack([image_features(images[i]) for i in manifest["id"]])
+    is_train = (manifest["split"] == "train").to_numpy()
+    model = fit(features[is_train], int(cfg["n_clusters"]), int(cfg["seed"]))
+    table = manifest[["id", "split"]].copy()
+    table["modality"] = predict(model, features)
+    for j, name in enumerate(FEATURES):
+        table[name] = features[:, j].round(5)
+
+    rng = np.random.default_rng(int(cfg["seed"]))
+    groups = {}
+    for name in model["names"]:
+        ids = table.loc[is_train & (table["modality"] == name).to_numpy(), "id"].to_numpy()
+        chosen = rng.choice(ids, size=min(len(ids), int(cfg["examples_per_cluster"])), replace=False)
+        groups[name] = [images[i] for i in chosen]
+    counts = {split: {name: int(n) for name, n in part["modality"].value_counts().sort_index().items()}
+              for split, part in table.groupby("split")}
+
+    io.write_csv(table_path, table)
+    io.write_json(model_path, model)
+    io.write_png(grid_path, example_grid(groups, int(cfg["thumb_size"])))
+    io.write_json(counts_path, counts)
+    log.info("modality counts per split: %s", counts)
+    return counts
