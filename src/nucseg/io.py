@@ -34,10 +34,12 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageError(path, "file not found")
     if path.stat().st_size == 0:
         raise ImageError(path, "file is empty (0 bytes)")
-    buffer = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
-    if image is None and path.suffix.lower() in (".tif", ".tiff"):
-        image = _read_tiff(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        image = _read_tiff(path)  # tifffile sees every page and sample; OpenCV only the first page
+    else:
+        image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if image is not None and image.ndim == 3 and image.shape[2] in (3, 4):
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
     if image is None:
         raise ImageError(path, "cannot decode image (corrupt or not an image file)")
     if image.size == 0:
@@ -46,13 +48,8 @@ def read_image(path: str | Path) -> np.ndarray:
         image = image[..., 0]
     if image.ndim not in (2, 3):
         raise ImageError(path, f"expected a 2-D or 3-D image, got shape {image.shape}")
-    if image.ndim == 3:
-        if image.shape[2] == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        elif image.shape[2] == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
-        else:
-            raise ImageError(path, f"expected 1, 3 or 4 channels, got {image.shape[2]}")
+    if image.ndim == 3 and image.shape[2] not in (3, 4):
+        raise ImageError(path, f"expected 1, 3 or 4 channels, got {image.shape[2]}")
     return image
 
 
@@ -60,7 +57,7 @@ def _read_tiff(path: Path) -> np.ndarray | None:
     import tifffile
 
     try:
-        return np.squeeze(tifffile.imread(path))
+        return tifffile.imread(path)
     except Exception:  # noqa: BLE001 - any decoder failure means "corrupt"
         return None
 
@@ -88,7 +85,7 @@ def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> 
         lo, hi = float(rgb.min()), float(rgb.max())
     if hi <= lo:
         return np.zeros(rgb.shape, np.float32)
-    return np.clip((rgb - lo) / (hi - lo), 0.0, 1.0)
+    return np.clip((rgb - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
 
 
 def read_mask(path: str | Path) -> np.ndarray:

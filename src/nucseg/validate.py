@@ -32,8 +32,9 @@ MANIFEST_COLUMNS = [
 def describe_sample(image_id: str, split: str, image_dir: Path, masks_dir: Path) -> dict[str, Any]:
     """One manifest row; every problem found is kept in `problems` with the file it concerns."""
     row: dict[str, Any] = {
-        "id": image_id, "split": split, "image_path": "", "height": 0, "width": 0, "channels": 0,
-        "dtype": "", "colour": "", "masks_dir_present": masks_dir.is_dir(), "missing_masks": False,
+        # size fields stay empty (null) for an unreadable image: its one failure is "unreadable"
+        "id": image_id, "split": split, "image_path": "", "height": None, "width": None, "channels": None,
+        "dtype": None, "colour": None, "masks_dir_present": masks_dir.is_dir(), "missing_masks": False,
         "n_masks": 0, "mask_coverage": 0.0, "wrong_size_masks": 0, "empty_masks": 0,
         "overlap_pixels": 0, "unreadable_files": 0, "problems": "",
     }
