@@ -43,3 +43,52 @@ def real_slice(tmp_path) -> Path:
     for sample in sorted(REAL_TRAIN.iterdir())[:4]:
         shutil.copytree(sample, target / sample.name)
     return target
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """A real, empty MLflow sqlite store for this test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def write_synthetic_prepared(folder: Path, n_images: int = 6, size: int = 64, seed: int = 0) -> Path:
+    """Prepared-stage output (npz + split.csv) of bright disks on black, some touching."""
+    import numpy as np
+    import pandas as pd
+    from skimage.draw import disk
+
+    from nucseg import io
+    from nucseg.prepare import targets_from_labels
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(n_images):
+        labels = np.zeros((size, size), np.uint16)
+        for index in range(1, 5):
+            rr, cc = disk(tuple(rng.integers(8, size - 8, 2)), int(rng.integers(4, 8)), shape=labels.shape)
+            labels[rr, cc] = index
+        image = np.where(labels[..., None] > 0, 200, 20).astype(np.uint8).repeat(3, axis=2)
+        image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+        io.write_npz(folder / "prepared" / f"img{k}.npz", image=image, labels=labels,
+                     target=targets_from_labels(labels))
+        rows.append({"id": f"img{k}", "split": "val" if k % 3 == 0 else "train", "modality": "fluorescence",
+                     "height": size, "width": size, "n_nuclei": int(labels.max())})
+    pd.DataFrame(rows).to_csv(folder / "split.csv", index=False)
+    return folder
+
+
+@pytest.fixture
+def synthetic_prepared(tmp_path) -> Path:
+    return write_synthetic_prepared(tmp_path / "synthetic")
+
+
+@pytest.fixture
+def tiny_params(params) -> dict:
+    """Defaults shrunk to seconds: tiny U-Net, tiny crops, two short epochs."""
+    params["model"].update(depth=2, base_filters=4)
+    params["train"].update(crop_size=32, batch_size=2, steps_per_epoch=2, epochs=2, val_crops=2, workers=1,
+                           max_minutes=5)
+    params["inference"].update(tile_size=64, tile_overlap=16)
+    return params

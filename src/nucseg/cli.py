@@ -47,6 +47,95 @@ def prepare(params: Path = PARAMS) -> None:
     typer.echo(f"prepared: {stage.run(config.load_params(params))}")
 
 
+@app.command()
+def train(params: Path = PARAMS) -> None:
+    """Train the untuned U-Net (resumes an interrupted run) and log it to MLflow."""
+    from nucseg import tracking
+    from nucseg import train as stage
+
+    try:
+        typer.echo(f"trained: {stage.run(config.load_params(params))}")
+    except tracking.TrackingUnavailable as err:
+        _fail(str(err))
+
+
+@app.command()
+def evaluate(params: Path = PARAMS) -> None:
+    """DSB metric, pixel IoU and Dice of the untuned model on the validation split."""
+    from nucseg import evaluate as stage
+    from nucseg import tracking
+
+    try:
+        typer.echo(f"evaluation: {stage.run(config.load_params(params))}")
+    except tracking.TrackingUnavailable as err:
+        _fail(str(err))
+
+
+@app.command()
+def tune(params: Path = PARAMS) -> None:
+    """Keras Tuner search (each trial a nested MLflow run); the best configuration becomes the tuned model."""
+    from nucseg import tracking
+    from nucseg import tune as stage
+
+    try:
+        typer.echo(f"tuned: {stage.run(config.load_params(params))}")
+    except tracking.TrackingUnavailable as err:
+        _fail(str(err))
+
+
+@app.command()
+def promote(params: Path = PARAMS) -> None:
+    """Register untuned and tuned models; alias `champion` to the better by DSB metric, `challenger` to the other."""
+    from nucseg import registry, tracking
+
+    try:
+        typer.echo(f"promotion: {registry.run(config.load_params(params))}")
+    except (tracking.TrackingUnavailable, registry.PromotionError) as err:
+        _fail(str(err))
+
+
+@app.command()
+def score(
+    input_dir: Path = typer.Option(..., "--input", help="DSB-layout folder (<id>/images/<id>.png) or flat folder of images"),
+    output_dir: Path = typer.Option(..., "--output", help="where labels/, overlays/, submission.csv, counts.csv go"),
+    model_uri: Optional[str] = typer.Option(None, "--model-uri", help="MLflow model URI [default: params score.model_uri]"),
+    params: Path = PARAMS,
+) -> None:
+    """Segment every image of a folder with the registry's champion (or --model-uri)."""
+    from nucseg import score as stage
+    from nucseg import tracking
+
+    loaded = config.load_params(params)
+    try:
+        result = stage.run(model_uri or loaded["score"]["model_uri"], input_dir, output_dir, loaded)
+    except (tracking.TrackingUnavailable, stage.ModelUnavailable, FileNotFoundError) as err:
+        _fail(str(err))
+    typer.echo(f"scored {len(result.scored)} image(s) into {output_dir}")
+    if result.failed:
+        for path, problem in result.failed:
+            typer.secho(f"not scored: {path}: {problem}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def predict(
+    image: Path = typer.Argument(..., help="one image file (png, tif, jpg; grey, RGB, RGBA; 8- or 16-bit)"),
+    output_dir: Path = typer.Option(Path("outputs/predict"), "--output", help="where the label and overlay PNGs go"),
+    model_uri: Optional[str] = typer.Option(None, "--model-uri", help="MLflow model URI [default: params score.model_uri]"),
+    params: Path = PARAMS,
+) -> None:
+    """Segment one image: print its nucleus count, write its label and overlay files."""
+    from nucseg import io, tracking
+    from nucseg import score as stage
+
+    loaded = config.load_params(params)
+    try:
+        count = stage.predict_one(model_uri or loaded["score"]["model_uri"], image, output_dir, loaded)
+    except (io.ImageError, tracking.TrackingUnavailable, stage.ModelUnavailable) as err:
+        _fail(str(err))
+    typer.echo(f"{image}: {count} nuclei")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -1,0 +1,29 @@
+# Two entry points: `make repro` (set up + run the whole pipeline) and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: setup data repro test ui
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+data: setup
+	dvc pull
+
+repro: data
+	dvc repro
+
+test: data
+	python -m pytest
+
+ui: setup
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --workers 1

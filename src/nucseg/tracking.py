@@ -1,0 +1,76 @@
+"""MLflow plumbing shared by training, tuning, promotion and scoring: where runs go, and the
+lineage tags (data version, code version) every run carries."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nucseg import config
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server cannot be reached; the message names the URI."""
+
+
+def setup(experiment: str = config.EXPERIMENT_NAME) -> str:
+    """Point MLflow at the project store (or $MLFLOW_TRACKING_URI) and fail fast if it is down."""
+    import mlflow
+
+    uri = config.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+def _check_server(uri: str) -> None:
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+    except requests.RequestException as err:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is not reachable ({err.__class__.__name__}). Start it, or unset "
+            "MLFLOW_TRACKING_URI to log to the local sqlite store.") from err
+
+
+def data_md5(dvc_file: str | Path = config.ROOT / "data.dvc") -> str:
+    """md5 of the DVC-tracked raw data this run saw ("unknown" outside a DVC checkout)."""
+    try:
+        return yaml.safe_load(Path(dvc_file).read_text())["outs"][0]["md5"]
+    except (OSError, KeyError, IndexError, TypeError):
+        return "unknown"
+
+
+def git_commit() -> str:
+    """Current commit, with a `-dirty` suffix when the work tree differs from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=config.ROOT).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True, cwd=config.ROOT).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def lineage_tags() -> dict[str, str]:
+    return {"data_md5": data_md5(), "git_commit": git_commit()}
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"epochs": 3}}` → `{"train.epochs": 3}`, the form MLflow params take."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,363 @@
+"""Stage `tune`: a Keras Tuner search over the U-Net's size and loss/optimizer knobs; the best
+configuration becomes the "tuned" model.
+
+MLflow: a parent run named "tune" holds the search settings, the best hyperparameters and the
+trials table; every trial is a nested run with its hyperparameters and live per-epoch metrics.
+The tuned model gets a top-level run of its own ("tuned"), shaped like the untuned one, so
+promotion compares the two runs on an equal footing.
+
+Resuming: the tuner keeps its state in `models/tuner` (a persisted DVC output) and is created
+with overwrite=False, so a rerun continues an interrupted search under the same parent run:
+finished trials are not run again and an interrupted trial is retried. A search whose settings
+changed (space, algorithm, or the data/model/loss knobs trials share) starts afresh instead,
+because its old scores would not be comparable with new ones.
+
+Time budget (`tune.max_minutes`): keras-tuner 1.4.8 has no time limit. Its search loop calls the
+tuner's `pre_create_trial` hook just before asking the oracle for the next trial, when the
+previous trial's results are already saved; `MlflowTrialMixin` raises `BudgetSpent` there and
+its `search` returns normally on it. No trial is half-created, so the saved state stays a valid
+point to resume from, and (unlike lowering the oracle's `max_trials`) a trial waiting in the
+oracle's retry queue is held back too. At least one trial always completes, so there is a best
+model even with a zero budget; a running trial is never cut short.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nucseg import io, tracking, train
+from nucseg.config import get_logger
+
+log = get_logger("nucseg.tune")
+
+import keras  # noqa: E402 - after config has set the backend
+import keras_tuner as kt  # noqa: E402
+
+from nucseg.augment import AugmentConfig  # noqa: E402
+from nucseg.data import CropDataset, validation_crops  # noqa: E402
+
+# Tunable name -> the params section whose value it replaces.
+SECTIONS = {"base_filters": "model", "depth": "model", "dropout": "model",
+            "learning_rate": "train", "bce_weight": "train", "dice_weight": "train"}
+CHOICES = ("base_filters", "depth")
+LOG_SAMPLED = ("learning_rate",)
+VAL_METRICS = ("val_loss", "val_iou", "val_dice")
+# Trial results depend on these train keys (beside the tuned ones); a saved search resumes only if they are unchanged.
+TRIAL_TRAIN_KEYS = ("seed", "crop_size", "batch_size", "border_loss_weight", "val_crops")
+# tune keys a resumed search may change: they limit the search but do not change its trials.
+RESUMABLE_TUNE_KEYS = ("max_minutes", "final_epochs", "max_trials")
+STATE_FILE = "state.json"
+
+
+# ---- search space and hypermodel ----
+
+def declare_space(hp: kt.HyperParameters, space: dict[str, list]) -> dict[str, Any]:
+    """Register `space` with `hp`; returns this trial's values. Choices for the architecture
+    (integers), ranges for the rest, the learning rate sampled on a log scale."""
+    unknown = sorted(set(space) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"tune.space: unknown hyperparameter(s) {unknown}, expected some of {sorted(SECTIONS)}")
+    return {name: _declare(hp, name, spec) for name, spec in space.items()}
+
+
+def _declare(hp: kt.HyperParameters, name: str, spec: list) -> Any:
+    if name in CHOICES:
+        return hp.Choice(name, [int(v) for v in spec])
+    low, high = (float(v) for v in spec)
+    return hp.Float(name, low, high, sampling="log" if name in LOG_SAMPLED else "linear")
+
+
+def merged_params(params: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `params` with the tuned values in place of the model/train defaults."""
+    merged = copy.deepcopy(params)
+    for name, value in values.items():
+        merged[SECTIONS[name]][name] = value
+    return merged
+
+
+def build_hypermodel(hp: kt.HyperParameters, params: dict[str, Any]) -> keras.Model:
+    """The pipeline's compiled U-Net with this trial's values. The seed is reset first, so trials
+    of the same architecture start from the same weights and differ only by their values."""
+    tuned = merged_params(params, declare_space(hp, params["tune"]["space"]))
+    keras.utils.set_random_seed(int(params["train"]["seed"]))
+    return train.build_model(tuned["model"], tuned["train"])
+
+
+class UNetHyperModel(kt.HyperModel):
+    """`build_hypermodel` bound to the params, and a `fit` that rewinds the crop stream to the
+    first epoch trained: every trial, a hyperband continuation included, then sees the batches a
+    from-scratch run would, so scores differ by hyperparameters rather than by data luck."""
+
+    def __init__(self, params: dict[str, Any]):
+        super().__init__(name="unet")
+        self.params = params
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        return build_hypermodel(hp, self.params)
+
+    def fit(self, hp, model, dataset: CropDataset, *args, initial_epoch: int = 0, **kwargs):
+        dataset.set_epoch(initial_epoch)
+        return model.fit(dataset, *args, initial_epoch=initial_epoch, **kwargs)
+
+
+# ---- tuners: MLflow per trial, time budget ----
+
+class BudgetSpent(Exception):
+    """Raised between trials once the search's time budget is spent."""
+
+
+class MlflowTrialMixin:
+    """Each trial a nested MLflow run (params, live epoch metrics, best val metrics) under the
+    active parent run, and no new trial once `deadline` (time.monotonic) has passed. Must come
+    before the keras-tuner class in the bases so its hooks wrap the tuner's."""
+
+    def __init__(self, *args, deadline: float = math.inf, **kwargs):
+        self.deadline = deadline
+        self.trials_run = 0
+        super().__init__(*args, **kwargs)
+
+    def search(self, *args, **kwargs) -> None:
+        try:
+            super().search(*args, **kwargs)
+        except BudgetSpent:
+            log.info("tune: time budget spent after %d trial(s) this session; starting no more", self.trials_run)
+            self.on_search_end()
+
+    def pre_create_trial(self) -> None:
+        if time.monotonic() >= self.deadline and completed_trials(self):
+            raise BudgetSpent
+        super().pre_create_trial()
+
+    def run_trial(self, trial, *args, **kwargs):
+        import mlflow
+
+        self.trials_run += 1
+        values = trial.hyperparameters.values
+        log.info("tune: trial %s running (#%d this session): %s", trial.trial_id, self.trials_run, values)
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), train.MlflowLive()]
+        with mlflow.start_run(nested=True, run_name=f"trial-{trial.trial_id}"):
+            mlflow.set_tags({"stage": "tune", "trial_id": trial.trial_id})
+            mlflow.log_params(values)
+            histories = super().run_trial(trial, *args, **kwargs)
+            best = best_epoch_metrics(histories)
+            mlflow.log_metrics({f"best_{name}": value for name, value in best.items()})
+        log.info("tune: trial %s finished: %s", trial.trial_id, best)
+        return histories
+
+    def on_trial_end(self, trial) -> None:
+        # keras-tuner swallows a trial's exception into `trial.message`; say it out loud.
+        if trial.status != kt.engine.trial.TrialStatus.COMPLETED:
+            log.warning("tune: trial %s %s:\n%s", trial.trial_id, trial.status.lower(), trial.message)
+        super().on_trial_end(trial)
+
+
+class MlflowHyperband(MlflowTrialMixin, kt.Hyperband):
+    """Hyperband with MLflow trial runs and a time budget."""
+
+
+class MlflowBayesianOptimization(MlflowTrialMixin, kt.BayesianOptimization):
+    """Bayesian optimisation with MLflow trial runs and a time budget."""
+
+
+def make_tuner(params: dict[str, Any], directory: Path, overwrite: bool, deadline: float) -> MlflowTrialMixin:
+    cfg = params["tune"]
+    common = {"hypermodel": UNetHyperModel(params), "objective": kt.Objective("val_loss", direction="min"),
+              "seed": int(params["train"]["seed"]), "directory": str(directory), "project_name": "search",
+              "overwrite": overwrite, "deadline": deadline}
+    if cfg["algorithm"] == "hyperband":
+        return MlflowHyperband(max_epochs=int(cfg["max_epochs"]), factor=int(cfg["hyperband_factor"]), **common)
+    if cfg["algorithm"] == "bayesian":
+        return MlflowBayesianOptimization(max_trials=int(cfg["max_trials"]), **common)
+    raise ValueError(f"tune.algorithm must be 'hyperband' or 'bayesian', got {cfg['algorithm']!r}")
+
+
+# ---- trial results ----
+
+def best_epoch_metrics(histories: list[keras.callbacks.History]) -> dict[str, float]:
+    """Validation metrics of the epoch with the lowest val_loss, over all executions of a trial."""
+    epochs = [{name: h.history[name][i] for name in VAL_METRICS} for h in histories for i in range(len(h.epoch))]
+    return {name: float(value) for name, value in min(epochs, key=lambda m: m["val_loss"]).items()}
+
+
+def completed_trials(tuner: kt.Tuner) -> list:
+    return [t for t in tuner.oracle.trials.values() if t.status == kt.engine.trial.TrialStatus.COMPLETED]
+
+
+def trial_metrics(trial) -> dict[str, float]:
+    """The val metrics keras-tuner recorded for a trial (those of its best epoch); NaN if none."""
+    return {name: float(trial.metrics.get_last_value(name)) if trial.metrics.exists(name) else math.nan
+            for name in VAL_METRICS}
+
+
+def best_trial(tuner: kt.Tuner):
+    best = min(completed_trials(tuner), key=lambda t: t.score, default=None)
+    if best is None:
+        raise RuntimeError(f"no tuning trial completed; see {tuner.project_dir}/trial_*/trial.json")
+    return best
+
+
+def space_values(trial, space: dict[str, list]) -> dict[str, Any]:
+    """The searched hyperparameters of a trial, without keras-tuner's own `tuner/...` entries."""
+    return {name: trial.hyperparameters.values[name] for name in space}
+
+
+def trials_table(tuner: kt.Tuner, params: dict[str, Any]) -> pd.DataFrame:
+    """One row per trial; `epochs` is the trial's epoch budget (hyperband varies it)."""
+    cfg = params["tune"]
+    rows = [{"trial": int(trial.trial_id), "trial_id": trial.trial_id,
+             **{name: trial.hyperparameters.values.get(name) for name in cfg["space"]},
+             "epochs": trial.hyperparameters.values.get("tuner/epochs", int(cfg["max_epochs"])),
+             **trial_metrics(trial), "status": trial.status}
+            for trial in tuner.oracle.trials.values()]
+    return pd.DataFrame(rows).sort_values("trial", ignore_index=True)
+
+
+# ---- resuming ----
+
+def search_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """Everything a trial's score depends on, in JSON form; a saved search resumes only under equal settings."""
+    space = params["tune"]["space"]
+    settings = {"tune": {k: v for k, v in params["tune"].items() if k not in RESUMABLE_TUNE_KEYS},
+                "model": {k: v for k, v in params["model"].items() if k not in space},
+                "train": {k: params["train"][k] for k in TRIAL_TRAIN_KEYS},
+                "augment": params["augment"]}
+    return json.loads(json.dumps(settings))
+
+
+def saved_search(tuner_dir: Path, settings: dict[str, Any]) -> tuple[bool, str | None]:
+    """(resume the saved search?, its parent MLflow run if that still exists). A search resumes
+    even when its parent run is gone (say, another MLflow store); its trials then go under a new
+    parent run."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    state_file = tuner_dir / STATE_FILE
+    if not state_file.exists():
+        return False, None
+    saved = json.loads(state_file.read_text())
+    if saved["settings"] != settings:
+        log.warning("tune: search settings changed since %s was written; starting a new search", state_file)
+        return False, None
+    try:
+        MlflowClient().get_run(saved["run_id"])
+    except MlflowException:
+        log.warning("tune: parent run %s of the saved search is not in this MLflow store; using a new one",
+                    saved["run_id"])
+        return True, None
+    return True, saved["run_id"]
+
+
+# ---- stage ----
+
+def run_search(tuner: kt.Tuner, params: dict[str, Any], train_samples: list[dict], val_samples: list[dict]) -> None:
+    """Trials train on random augmented crops (tune.steps_per_epoch batches an epoch) and are
+    scored on the same fixed validation crops as the training stage."""
+    cfg = params["train"]
+    dataset = CropDataset(train_samples, batch_size=int(cfg["batch_size"]), crop_size=int(cfg["crop_size"]),
+                          steps_per_epoch=int(params["tune"]["steps_per_epoch"]),
+                          augment=AugmentConfig.from_params(params["augment"]), seed=int(cfg["seed"]),
+                          workers=int(cfg["workers"]))
+    validation = validation_crops(val_samples, n=int(cfg["val_crops"]), crop_size=int(cfg["crop_size"]),
+                                  seed=int(cfg["seed"]))
+    tuner.search(dataset, validation_data=validation, epochs=int(params["tune"]["max_epochs"]), verbose=2)
+
+
+def log_search_results(best, values: dict[str, Any], n_trials: int, trials_path: Path) -> None:
+    """Best hyperparameters as metrics and a JSON artifact, not params: a resumed search may find
+    a better trial, and MLflow params cannot change."""
+    import mlflow
+
+    mlflow.set_tag("best_trial_id", best.trial_id)
+    mlflow.log_metrics({**{f"best_{k}": v for k, v in trial_metrics(best).items()},
+                        **{f"best.{k}": float(v) for k, v in values.items()}, "trials": n_trials})
+    mlflow.log_dict(values, "best_hyperparameters.json")
+    mlflow.log_artifact(str(trials_path))
+
+
+def retrain(tuned: dict[str, Any], samples: tuple[list, list], model_dir: Path, run_id: str) -> keras.Model:
+    """The best configuration from scratch with the training stage's callbacks (checkpoint, early
+    stopping, LR schedule, train.max_minutes), for tune.final_epochs epochs."""
+    import mlflow
+
+    keras.utils.set_random_seed(int(tuned["train"]["seed"]))
+    model = train.build_model(tuned["model"], tuned["train"])
+    history = train.fit(model, *samples, tuned, model_dir, run_id, epochs=int(tuned["tune"]["final_epochs"]))
+    figure = model_dir / "training_curves.png"
+    train.curves_figure(history, figure)
+    mlflow.log_artifact(str(figure), "plots")
+    mlflow.log_artifact(str(model_dir / "history.csv"), "plots")
+    (model_dir / "last.keras").unlink(missing_ok=True)
+    (model_dir / "state.json").unlink(missing_ok=True)
+    return keras.saving.load_model(model_dir / "best.keras")
+
+
+def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tuple[list, list],
+                    model_dir: Path, parent_run_id: str) -> None:
+    """The "tuned" run: retrained if tune.final_epochs > 0, else the best trial's own weights."""
+    import mlflow
+
+    values = space_values(best, params["tune"]["space"])
+    tuned = merged_params(params, values)
+    metrics = trial_metrics(best)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with mlflow.start_run(run_name="tuned") as active:
+        mlflow.set_tags({"stage": "tune", "model_kind": "tuned", "tune_run_id": parent_run_id,
+                         "best_trial_id": best.trial_id, **tracking.lineage_tags()})
+        mlflow.log_params(tracking.flatten({k: tuned[k] for k in ("model", "train", "augment", "tune")}))
+        mlflow.log_metrics({f"best_trial_{k}": v for k, v in metrics.items()})
+        if int(params["tune"]["final_epochs"]) > 0:
+            log.info("tune: retraining trial %s's configuration for %s epochs", best.trial_id,
+                     params["tune"]["final_epochs"])
+            model = retrain(tuned, samples, model_dir, active.info.run_id)
+        else:
+            log.info("tune: keeping trial %s's model", best.trial_id)
+            model = tuner.load_model(best)
+            mlflow.log_metrics(metrics)
+        model.save(model_dir / "model.keras")
+        model_uri = train.log_keras_model(model)
+        io.write_json(model_dir / "run.json",
+                      {"run_id": active.info.run_id, "model_uri": model_uri, "hyperparameters": values})
+
+
+def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
+        samples_dir: str | Path = "artifacts/prepared", tuner_dir: str | Path = "models/tuner",
+        model_dir: str | Path = "models/tuned", metrics_path: str | Path = "reports/tune_metrics.json",
+        trials_path: str | Path = "reports/tune_trials.csv") -> dict[str, Any]:
+    import mlflow
+
+    started = time.monotonic()
+    tuner_dir, model_dir = Path(tuner_dir), Path(model_dir)
+    tracking.setup()
+    samples = train.split_samples(split_path, samples_dir)
+    settings = search_settings(params)
+    resume, parent_id = saved_search(tuner_dir, settings)
+    tuner = make_tuner(params, tuner_dir, overwrite=not resume,
+                       deadline=started + 60 * float(params["tune"]["max_minutes"]))
+    if resume:
+        log.info("tune: resuming the saved search in %s (%d trials so far)", tuner_dir, len(tuner.oracle.trials))
+    with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else "tune") as parent:
+        if not parent_id:
+            mlflow.set_tags({"stage": "tune", **tracking.lineage_tags()})
+            mlflow.log_params(tracking.flatten({"tune": params["tune"]}))
+            io.write_json(tuner_dir / STATE_FILE, {"run_id": parent.info.run_id, "settings": settings})
+        run_search(tuner, params, *samples)
+        minutes = round((time.monotonic() - started) / 60, 2)
+        best = best_trial(tuner)
+        values = space_values(best, params["tune"]["space"])
+        io.write_csv(trials_path, trials_table(tuner, params))
+        log_search_results(best, values, len(tuner.oracle.trials), Path(trials_path))
+    log_tuned_model(tuner, best, params, samples, model_dir, parent.info.run_id)
+    metrics = {"best_hyperparameters": values, "best_trial_id": best.trial_id,
+               **{k: round(v, 5) for k, v in trial_metrics(best).items()},
+               "trials": len(tuner.oracle.trials), "trials_this_session": tuner.trials_run,
+               "minutes": minutes}
+    io.write_json(metrics_path, metrics)
+    log.info("tuned: %s", metrics)
+    return metrics
