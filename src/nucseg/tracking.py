@@ -25,8 +25,18 @@ def setup(experiment: str = config.EXPERIMENT_NAME) -> str:
         _check_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri))
     mlflow.set_experiment(experiment)
     return uri
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a local sqlite store live beside the database file, whatever the working
+    directory (MLflow's default `./mlruns` would scatter them); servers choose their own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
 
 
 def _check_server(uri: str) -> None:

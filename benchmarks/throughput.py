@@ -1,0 +1,79 @@
+"""Training throughput (augmented crops/s) and whole-image inference throughput (megapixels/s).
+
+Run from the project root after `dvc repro prepare`:  python benchmarks/throughput.py
+Prints numbers; asserts nothing. Uses the default params (model, crops, batch size, workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nucseg.config import load_params
+
+import keras  # noqa: E402  (after nucseg.config set the backend)
+
+from nucseg.augment import AugmentConfig  # noqa: E402
+from nucseg.data import CropDataset, load_samples  # noqa: E402
+from nucseg.evaluate import INFERENCE_MULTIPLE, segment  # noqa: E402
+from nucseg.infer import predict_maps  # noqa: E402
+from nucseg.train import build_model  # noqa: E402
+
+
+def training_throughput(params: dict, samples: list[dict], steps: int) -> float:
+    cfg = params["train"]
+    model = build_model(params["model"], cfg)
+    dataset = CropDataset(samples, batch_size=int(cfg["batch_size"]), crop_size=int(cfg["crop_size"]),
+                          steps_per_epoch=steps + 3, augment=AugmentConfig.from_params(params["augment"]),
+                          seed=0, workers=int(cfg["workers"]))
+    model.fit(dataset, epochs=1, steps_per_epoch=3, verbose=0)  # trace and warm up
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    return steps * int(cfg["batch_size"]) / (time.perf_counter() - start)
+
+
+def inference_throughput(params: dict, model_path: Path | None, images: list[np.ndarray]) -> tuple[float, float]:
+    model = keras.saving.load_model(model_path) if model_path else build_model(params["model"], params["train"])
+    inf = params["inference"]
+    for image in images[:2]:  # trace each size once
+        predict_maps(model, image, multiple=INFERENCE_MULTIPLE, tile_size=int(inf["tile_size"]),
+                     overlap=int(inf["tile_overlap"]), max_untiled_pixels=int(inf["max_untiled_pixels"]))
+    megapixels = sum(i.shape[0] * i.shape[1] for i in images) / 1e6
+    start = time.perf_counter()
+    for image in images:
+        predict_maps(model, image, multiple=INFERENCE_MULTIPLE, tile_size=int(inf["tile_size"]),
+                     overlap=int(inf["tile_overlap"]), max_untiled_pixels=int(inf["max_untiled_pixels"]))
+    network = megapixels / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for image in images:
+        segment(model, image, params)
+    return network, megapixels / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps")
+    parser.add_argument("--images", type=int, default=20, help="validation images for inference")
+    parser.add_argument("--model", type=Path, default=Path("models/untuned/model.keras"))
+    args = parser.parse_args()
+    params = load_params()
+    split = pd.read_csv("artifacts/split.csv")
+    train_ids = split.loc[split["split"] == "train", "id"].head(100)
+    samples = load_samples([Path("artifacts/prepared") / f"{i}.npz" for i in train_ids], desc="benchmark: loading")
+    crops = training_throughput(params, samples, args.steps)
+    print(f"training: {crops:.1f} crops/s ({params['train']['crop_size']}px crops, batch {params['train']['batch_size']}, "
+          f"depth {params['model']['depth']}, base {params['model']['base_filters']}, {keras.backend.backend()} backend)")
+    val_ids = split.loc[split["split"] == "val", "id"].head(args.images)
+    images = [s["image"].astype(np.float32) / 255 for s in
+              load_samples([Path("artifacts/prepared") / f"{i}.npz" for i in val_ids], desc="benchmark: loading")]
+    network, total = inference_throughput(params, args.model if args.model.exists() else None, images)
+    print(f"inference: {network:.2f} megapixels/s network only, {total:.2f} megapixels/s with watershed "
+          f"({len(images)} validation images, {sum(i.size // 3 for i in images) / 1e6:.2f} megapixels)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The real pipeline end to end: real DVC, MLflow sqlite store and Great Expectations on a few real
+images with one short epoch, in a temporary copy of the project; then the MLflow UI in Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+REAL_TRAIN, REAL_TEST = ROOT / "data" / "stage1_train", ROOT / "data" / "stage1_test"
+BIN = Path(sys.executable).parent
+N_TRAIN, N_TEST = 8, 3
+
+pytestmark = pytest.mark.slow
+
+
+def small_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["modality"]["examples_per_cluster"] = 2
+    params["model"].update(depth=2, base_filters=4)
+    params["train"].update(crop_size=64, batch_size=2, steps_per_epoch=2, epochs=1, val_crops=2, workers=1,
+                           max_minutes=2)
+    params["inference"].update(tile_size=256, tile_overlap=32)
+    params["evaluate"]["overlays_per_modality"] = 1
+    params["tune"].update(max_epochs=2, hyperband_factor=2, steps_per_epoch=1, max_minutes=1,
+                          space={**params["tune"]["space"], "base_filters": [4], "depth": [2]})
+    return params
+
+
+def sh(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    """A temporary project: the repo's pipeline files, a few real images added with DVC, tiny params."""
+    if not REAL_TRAIN.is_dir():
+        pytest.fail(f"{REAL_TRAIN} is missing: run `dvc pull` first (the README's test command does)")
+    project = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", "data.dvc"):
+        shutil.copy(ROOT / name, project / name)
+    (project / "params.yaml").write_text(yaml.safe_dump(small_params(), sort_keys=False))
+    for source, count in ((REAL_TRAIN, N_TRAIN), (REAL_TEST, N_TEST)):
+        for sample in sorted(source.iterdir())[:count]:
+            shutil.copytree(sample, project / "data" / source.name / sample.name)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the default store: sqlite:///mlflow.db in the project
+    sh("git", "init", "-q", cwd=project, env=env)
+    sh("dvc", "init", "-q", cwd=project, env=env)
+    sh("dvc", "add", "-q", "data", cwd=project, env=env)
+    first = sh("dvc", "repro", cwd=project, env=env)
+    (project / "repro.log").write_text(first.stdout + first.stderr)
+    second = sh("dvc", "repro", cwd=project, env=env)
+    (project / "second_repro.log").write_text(second.stdout)
+    return project
+
+
+def test_pipeline_ends_with_champion_and_submission(pipeline):
+    import mlflow
+
+    from nucseg.rle import rle_decode
+
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions("name='nucseg-unet'")
+    assert len(versions) == 2
+    champion = client.get_model_version_by_alias("nucseg-unet", "champion")
+    challenger = client.get_model_version_by_alias("nucseg-unet", "challenger")
+    assert champion.version != challenger.version
+    assert {"data_md5", "git_commit"} <= set(champion.tags)
+
+    submission = pd.read_csv(pipeline / "outputs" / "stage1_test" / "submission.csv", keep_default_na=False)
+    assert list(submission.columns) == ["ImageId", "EncodedPixels"]
+    test_ids = sorted(p.name for p in (pipeline / "data" / "stage1_test").iterdir())
+    assert sorted(submission["ImageId"].unique()) == test_ids
+    for row in submission.itertuples():
+        if row.EncodedPixels:
+            rle_decode(row.EncodedPixels, (4000, 4000))  # well-formed runs
+    assert len(list((pipeline / "outputs" / "stage1_test" / "labels").glob("*.png"))) == N_TEST
+
+    for metric in ("data_summary", "eval_metrics", "promotion", "tune_metrics", "train_metrics"):
+        assert (pipeline / "reports" / f"{metric}.json").exists(), metric
+    assert "Data and pipelines are up to date" in (pipeline / "second_repro.log").read_text()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(pipeline):
+    port = free_port()
+    log = open(pipeline / "mlflow_server.log", "w")
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{pipeline / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=pipeline, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    url = f"http://127.0.0.1:{port}"
+    import requests
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                break
+        except requests.RequestException:
+            time.sleep(0.5)
+    else:
+        server.terminate()
+        pytest.fail(f"mlflow server did not start: {(pipeline / 'mlflow_server.log').read_text()[-2000:]}")
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.fail("Debian chromium and chromium-driver are required (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1600,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for_text(driver, *texts: str, timeout: float = 60) -> str:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(lambda d: all(t in d.find_element(By.TAG_NAME, "body").text for t in texts))
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def test_mlflow_ui_shows_runs_champion_and_overlays(pipeline, mlflow_server, browser):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline / 'mlflow.db'}")
+    experiment = mlflow.get_experiment_by_name("nucseg")
+    untuned = mlflow.search_runs([experiment.experiment_id], filter_string="tags.model_kind = 'untuned'",
+                                 output_format="list")[0]
+    shots = ROOT / "reports"
+    shots.mkdir(exist_ok=True)
+
+    browser.get(f"{mlflow_server}/#/experiments/{experiment.experiment_id}")
+    wait_for_text(browser, "untuned", "tuned", "promote")
+    browser.save_screenshot(str(shots / "mlflow_ui_experiment.png"))
+
+    browser.get(f"{mlflow_server}/#/models/nucseg-unet")
+    wait_for_text(browser, "nucseg-unet", "champion", "challenger")
+    browser.save_screenshot(str(shots / "mlflow_ui_model.png"))
+
+    browser.get(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{untuned.info.run_id}/artifacts")
+    wait_for_text(browser, "overlays")
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.XPATH, "//*[normalize-space(text())='overlays']").click()
+    modality = wait_for_text(browser, "overlays")
+    folder = next(m for m in ("fluorescence", "histology", "brightfield") if m in modality)
+    browser.find_element(By.XPATH, f"//*[normalize-space(text())='{folder}']").click()
+    wait_for_text(browser, ".png")
+    browser.find_element(By.XPATH, "//*[contains(normalize-space(text()), '.png')]").click()
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 60).until(lambda d: any(img.size["width"] > 50 for img in d.find_elements(By.TAG_NAME, "img")))
+    browser.save_screenshot(str(shots / "mlflow_ui_overlay.png"))
