@@ -30,7 +30,7 @@ def main() -> None:
         from nucseg.config import load_params
         from nucseg.evaluate import evaluate_model, load_split_samples, summarize
 
-        model = keras.saving.load_model("models/untuned/model.keras")
+        model = keras.saving.load_model("models/untuned/model.keras", compile=False)
         per_image, _ = evaluate_model(model, load_split_samples("artifacts/split.csv", "artifacts/prepared"),
                                       load_params(), desc="benchmark")
         show("untuned (recomputed)", summarize(per_image))

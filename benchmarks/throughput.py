@@ -37,7 +37,7 @@ def training_throughput(params: dict, samples: list[dict], steps: int) -> float:
 
 
 def inference_throughput(params: dict, model_path: Path | None, images: list[np.ndarray]) -> tuple[float, float]:
-    model = keras.saving.load_model(model_path) if model_path else build_model(params["model"], params["train"])
+    model = keras.saving.load_model(model_path, compile=False) if model_path else build_model(params["model"], params["train"])
     inf = params["inference"]
     for image in images[:2]:  # trace each size once
         predict_maps(model, image, multiple=INFERENCE_MULTIPLE, tile_size=int(inf["tile_size"]),

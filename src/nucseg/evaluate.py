@@ -118,7 +118,7 @@ def run(params: dict[str, Any], model_dir: str | Path = "models/untuned", split_
     import mlflow
 
     model_dir = Path(model_dir)
-    model = keras.saving.load_model(model_dir / "model.keras")
+    model = keras.saving.load_model(model_dir / "model.keras", compile=False)  # inference only
     samples = load_split_samples(split_path, samples_dir)
     per_image, predictions = evaluate_model(model, samples, params)
     summary = summarize(per_image)

@@ -26,8 +26,8 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 class PromotionError(RuntimeError):
-    """Promotion cannot go ahead (no run.json, a model that does not load); the message names
-    the file or URI. Raised before any alias moves."""
+    """Promotion cannot go ahead (no run.json, an unknown run, a model that does not load); the
+    message names the file, run or URI. Raised before any alias moves."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Candidate:
     model_uri: str
     summary: dict[str, Any]
     val_loss: float | None
+    lineage: dict[str, str]
 
     @property
     def dsb(self) -> float:
@@ -108,14 +109,14 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
     lineage = tracking.lineage_tags()
     sources = {cand: read_run_info(Path(folder) / "run.json") for cand, folder in candidates.items()}
     samples = load_split_samples(split_path, samples_dir)
-    scored = [Candidate(cand, run_id, uri, score_model(uri, samples, params, cand), best_val_loss(client, run_id))
-              for cand, (run_id, uri) in sources.items()]
+    scored = [Candidate(cand, run_id, uri, score_model(uri, samples, params, cand), best_val_loss(client, run_id),
+                        source_lineage(client, run_id, lineage)) for cand, (run_id, uri) in sources.items()]
     incumbent = current_champion(client, name, scored, samples, params)
     decision = decide({c.name: c.dsb for c in scored}, (incumbent.label, incumbent.dsb) if incumbent else None,
                       float(params["promote"]["margin"]))
     log.info("decision: %s", decision.reason)
 
-    versions = {c.name: register(client, name, c, decision.reason, lineage) for c in scored}
+    versions = {c.name: register(client, name, c, decision.reason) for c in scored}
     if incumbent:
         versions.setdefault(incumbent.label, incumbent.version)
     move_aliases(client, name, versions[decision.champion],
@@ -190,14 +191,14 @@ def find_version(client, name: str, candidate: Candidate) -> int | None:
     return None
 
 
-def register(client, name: str, candidate: Candidate, reason: str, lineage: dict[str, str]) -> int:
+def register(client, name: str, candidate: Candidate, reason: str) -> int:
     """Version number of `candidate` in the registry (created once), tagged and described."""
     import mlflow
 
     version = find_version(client, name, candidate)
     if version is None:
         version = int(mlflow.register_model(candidate.model_uri, name).version)
-    for key, value in version_tags(candidate, source_lineage(client, candidate.run_id, lineage), reason).items():
+    for key, value in version_tags(candidate, reason).items():
         client.set_model_version_tag(name, str(version), key, value)
     overall = candidate.summary["overall"]
     client.update_model_version(name, str(version), description=(
@@ -210,13 +211,18 @@ def register(client, name: str, candidate: Candidate, reason: str, lineage: dict
 def source_lineage(client, run_id: str, current: dict[str, str]) -> dict[str, str]:
     """Data and code versions the model was trained with; the current checkout's where the
     training run did not record them."""
-    tags = client.get_run(run_id).data.tags
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = client.get_run(run_id).data.tags
+    except MlflowException as err:
+        raise PromotionError(f"MLflow run {run_id} not found in {config.tracking_uri()}: {err}") from err
     return {key: tags.get(key, value) for key, value in current.items()}
 
 
-def version_tags(candidate: Candidate, lineage: dict[str, str], reason: str) -> dict[str, str]:
+def version_tags(candidate: Candidate, reason: str) -> dict[str, str]:
     overall = candidate.summary["overall"]
-    tags = {"candidate": candidate.name, "decision": reason, **lineage,
+    tags = {"candidate": candidate.name, "decision": reason, **candidate.lineage,
             **{key: str(overall[key]) for key in ("dsb", "pixel_iou", "pixel_dice")},
             **{f"dsb_{modality}": str(values["dsb"]) for modality, values in candidate.summary["per_modality"].items()}}
     if candidate.val_loss is not None:
@@ -263,10 +269,14 @@ def promotion_markdown(table: dict[str, Any]) -> str:
         rows.append([f"{prev['label']} (champion before)", prev["version"], aliases.get(prev["version"], ""), "–",
                      _fmt(prev["dsb"]), "–", "–", *("–" for _ in modalities)])
     lines = ["# Promotion: tuned vs untuned", "", _row(header), _row(["---"] * len(header)), *map(_row, rows), "",
-             f"**Champion:** {table['champion']} (version {table['champion_version']}); "
-             f"**challenger:** {table['challenger']} (version {table['challenger_version']}).", "",
+             f"**Champion:** {_who(table['champion'], table['champion_version'])}; "
+             f"**challenger:** {_who(table['challenger'], table['challenger_version'])}.", "",
              f"**Why:** {table['reason']}.", ""]
     return "\n".join(lines)
+
+
+def _who(label: str | None, version: int | None) -> str:
+    return "none" if label is None else label if label == f"version {version}" else f"{label} (version {version})"
 
 
 def _row(cells: list[Any]) -> str:

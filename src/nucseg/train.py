@@ -200,4 +200,18 @@ def log_keras_model(model: keras.Model, name: str = "model") -> str:
     plain = keras.Model(model.inputs, model.outputs)
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, 3), "image")]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, 2), "maps")]))
-    return mlflow.keras.log_model(plain, name=name, signature=signature).model_uri
+    return mlflow.keras.log_model(plain, name=name, signature=signature,
+                                  pip_requirements=serving_requirements()).model_uri
+
+
+def serving_requirements() -> list[str]:
+    """Pins of what loading the model needs; stating them skips MLflow's slow inference of them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("mlflow", "keras", "tensorflow-cpu", "tensorflow", "jax", "numpy"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pins

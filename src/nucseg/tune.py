@@ -12,13 +12,15 @@ finished trials are not run again and an interrupted trial is retried. A search 
 changed (space, algorithm, or the data/model/loss knobs trials share) starts afresh instead,
 because its old scores would not be comparable with new ones.
 
-Time budget (`tune.max_minutes`): keras-tuner 1.4.8 has no time limit. Its search loop calls the
-tuner's `pre_create_trial` hook just before asking the oracle for the next trial, when the
-previous trial's results are already saved; `MlflowTrialMixin` raises `BudgetSpent` there and
-its `search` returns normally on it. No trial is half-created, so the saved state stays a valid
-point to resume from, and (unlike lowering the oracle's `max_trials`) a trial waiting in the
-oracle's retry queue is held back too. At least one trial always completes, so there is a best
-model even with a zero budget; a running trial is never cut short.
+Time budget (`tune.max_minutes`, counted from the start of the stage; a retraining with
+`tune.final_epochs` is bounded by `train.max_minutes` instead): keras-tuner 1.4.8 has no time
+limit. Its search loop calls the tuner's `pre_create_trial` hook just before asking the oracle
+for the next trial, when the previous trial's results are already saved; `MlflowTrialMixin`
+raises `BudgetSpent` there and its `search` returns normally on it. No trial is half-created,
+so the saved state stays a valid point to resume from, and (unlike lowering the oracle's
+`max_trials`) a trial waiting in the oracle's retry queue is held back too. At least one trial
+always completes, so there is a best model even with a zero budget; a running trial is never
+cut short.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ log = get_logger("nucseg.tune")
 
 import keras  # noqa: E402 - after config has set the backend
 import keras_tuner as kt  # noqa: E402
+from keras_tuner.engine.trial import TrialStatus  # noqa: E402
 
 from nucseg.augment import AugmentConfig  # noqa: E402
 from nucseg.data import CropDataset, validation_crops  # noqa: E402
@@ -153,7 +157,7 @@ class MlflowTrialMixin:
 
     def on_trial_end(self, trial) -> None:
         # keras-tuner swallows a trial's exception into `trial.message`; say it out loud.
-        if trial.status != kt.engine.trial.TrialStatus.COMPLETED:
+        if trial.status != TrialStatus.COMPLETED:
             log.warning("tune: trial %s %s:\n%s", trial.trial_id, trial.status.lower(), trial.message)
         super().on_trial_end(trial)
 
@@ -187,7 +191,7 @@ def best_epoch_metrics(histories: list[keras.callbacks.History]) -> dict[str, fl
 
 
 def completed_trials(tuner: kt.Tuner) -> list:
-    return [t for t in tuner.oracle.trials.values() if t.status == kt.engine.trial.TrialStatus.COMPLETED]
+    return [t for t in tuner.oracle.trials.values() if t.status == TrialStatus.COMPLETED]
 
 
 def trial_metrics(trial) -> dict[str, float]:
@@ -298,6 +302,15 @@ def retrain(tuned: dict[str, Any], samples: tuple[list, list], model_dir: Path, 
     return keras.saving.load_model(model_dir / "best.keras")
 
 
+def load_trial_model(tuner: kt.Tuner, trial) -> keras.Model:
+    """A trial's best checkpoint in a freshly built model. The checkpoint also holds the trial's
+    optimizer state, which the fresh, unbuilt optimizer cannot take; Keras warns and skips it,
+    which is harmless for a model that is kept for inference, so that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        return tuner.load_model(trial)
+
+
 def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tuple[list, list],
                     model_dir: Path, parent_run_id: str) -> None:
     """The "tuned" run: retrained if tune.final_epochs > 0, else the best trial's own weights."""
@@ -318,7 +331,7 @@ def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tupl
             model = retrain(tuned, samples, model_dir, active.info.run_id)
         else:
             log.info("tune: keeping trial %s's model", best.trial_id)
-            model = tuner.load_model(best)
+            model = load_trial_model(tuner, best)
             mlflow.log_metrics(metrics)
         model.save(model_dir / "model.keras")
         model_uri = train.log_keras_model(model)

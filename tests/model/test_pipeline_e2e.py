@@ -50,6 +50,7 @@ def pipeline(tmp_path_factory) -> Path:
     project = tmp_path_factory.mktemp("project")
     for name in ("dvc.yaml", "data.dvc"):
         shutil.copy(ROOT / name, project / name)
+    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (project / "params.yaml").write_text(yaml.safe_dump(small_params(), sort_keys=False))
     for source, count in ((REAL_TRAIN, N_TRAIN), (REAL_TEST, N_TEST)):
         for sample in sorted(source.iterdir())[:count]:
@@ -156,6 +157,8 @@ def wait_for_text(driver, *texts: str, timeout: float = 60) -> str:
 
 def test_mlflow_ui_shows_runs_champion_and_overlays(pipeline, mlflow_server, browser):
     import mlflow
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     mlflow.set_tracking_uri(f"sqlite:///{pipeline / 'mlflow.db'}")
     experiment = mlflow.get_experiment_by_name("nucseg")
@@ -164,8 +167,8 @@ def test_mlflow_ui_shows_runs_champion_and_overlays(pipeline, mlflow_server, bro
     shots = ROOT / "reports"
     shots.mkdir(exist_ok=True)
 
-    browser.get(f"{mlflow_server}/#/experiments/{experiment.experiment_id}")
-    wait_for_text(browser, "untuned", "tuned", "promote")
+    browser.get(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs")
+    wait_for_text(browser, "Training runs", "untuned", "tuned", "promote", "nucseg-unet")
     browser.save_screenshot(str(shots / "mlflow_ui_experiment.png"))
 
     browser.get(f"{mlflow_server}/#/models/nucseg-unet")
@@ -173,16 +176,21 @@ def test_mlflow_ui_shows_runs_champion_and_overlays(pipeline, mlflow_server, bro
     browser.save_screenshot(str(shots / "mlflow_ui_model.png"))
 
     browser.get(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{untuned.info.run_id}/artifacts")
-    wait_for_text(browser, "overlays")
-    from selenium.webdriver.common.by import By
+    wait_for_text(browser, "Artifacts", "overlays", "plots")
+    overlay = mlflow.MlflowClient().list_artifacts(untuned.info.run_id, "overlays")[0].path  # overlays/<modality>
+    image = mlflow.MlflowClient().list_artifacts(untuned.info.run_id, overlay)[0].path
+    for name in (*overlay.split("/"), image.split("/")[-1]):
+        click_text(browser, name)
+    wait_for_text(browser, f"{overlay}/")  # the preview's title: the artifact path
+    WebDriverWait(browser, 60).until(  # the preview itself, an image as wide as the 3-panel overlay
+        lambda d: any(img.size["width"] > 300 for img in d.find_elements(By.TAG_NAME, "img")))
+    browser.save_screenshot(str(shots / "mlflow_ui_overlay.png"))
 
-    browser.find_element(By.XPATH, "//*[normalize-space(text())='overlays']").click()
-    modality = wait_for_text(browser, "overlays")
-    folder = next(m for m in ("fluorescence", "histology", "brightfield") if m in modality)
-    browser.find_element(By.XPATH, f"//*[normalize-space(text())='{folder}']").click()
-    wait_for_text(browser, ".png")
-    browser.find_element(By.XPATH, "//*[contains(normalize-space(text()), '.png')]").click()
+
+def click_text(driver, text: str) -> None:
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(browser, 60).until(lambda d: any(img.size["width"] > 50 for img in d.find_elements(By.TAG_NAME, "img")))
-    browser.save_screenshot(str(shots / "mlflow_ui_overlay.png"))
+    wait_for_text(driver, text)
+    WebDriverWait(driver, 30).until(
+        lambda d: d.find_element(By.XPATH, f"//*[normalize-space(text())='{text}']")).click()

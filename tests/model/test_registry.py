@@ -1,0 +1,217 @@
+"""Promotion on a real sqlite MLflow registry: who gets `champion`, idempotent reruns, and a
+failed promotion that leaves the served model where it was."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from skimage.draw import disk
+
+from nucseg import config, io, registry, train
+from nucseg.prepare import targets_from_labels
+from nucseg.unet import build_unet
+
+NAME = config.REGISTERED_MODEL
+
+
+# ---- decide: the rule on its own ----
+
+def test_better_tuned_becomes_champion():
+    decision = registry.decide({"untuned": 0.40, "tuned": 0.55}, None, margin=0.005)
+    assert (decision.champion, decision.challenger) == ("tuned", "untuned")
+    assert "0.5500" in decision.reason and "0.4000" in decision.reason
+
+
+def test_worse_tuned_becomes_challenger():
+    decision = registry.decide({"untuned": 0.55, "tuned": 0.40}, None, margin=0.005)
+    assert (decision.champion, decision.challenger) == ("untuned", "tuned")
+
+
+def test_margin_keeps_an_existing_champion():
+    scores = {"untuned": 0.40, "tuned": 0.605}
+    kept = registry.decide(scores, ("version 3", 0.60), margin=0.005)  # gain exactly the margin is not enough
+    assert (kept.champion, kept.challenger) == ("version 3", "tuned")
+    assert "does not beat the current champion version 3" in kept.reason
+    beaten = registry.decide(scores, ("version 3", 0.59), margin=0.005)
+    assert (beaten.champion, beaten.challenger) == ("tuned", "untuned")
+    assert "beats the current champion version 3" in beaten.reason
+
+
+def test_margin_does_not_protect_a_champion_that_is_a_candidate():
+    decision = registry.decide({"untuned": 0.600, "tuned": 0.601}, ("untuned", 0.600), margin=0.005)
+    assert decision.champion == "tuned"
+
+
+def test_tie_goes_to_the_candidate_listed_first():
+    decision = registry.decide({"untuned": 0.5, "tuned": 0.5}, None, margin=0.0)
+    assert (decision.champion, decision.challenger) == ("untuned", "tuned")
+    assert "tie" in decision.reason and "listed first" in decision.reason
+
+
+# ---- run: a tiny world of synthetic nuclei and two hand-made U-Nets ----
+
+def _bright_disk_images(root: Path) -> tuple[Path, Path]:
+    """split.csv + npz samples in prepare's format: 64x64 images with separate bright disks."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for index, modality in enumerate(["fluorescence", "fluorescence", "brightfield", "brightfield"]):
+        labels = np.zeros((64, 64), np.uint16)
+        for label, centre in enumerate([(14, 14), (14, 46), (46, 30)], start=1):
+            rr, cc = disk(centre, int(rng.integers(5, 9)), shape=labels.shape)
+            labels[rr, cc] = label
+        image = np.where(labels[..., None] > 0, 220, 20).astype(np.uint8).repeat(3, axis=2)
+        io.write_npz(root / "prepared" / f"img{index}.npz", image=image, labels=labels,
+                     target=targets_from_labels(labels))
+        rows.append({"id": f"img{index}", "modality": modality, "split": "val"})
+    io.write_csv(root / "split.csv", pd.DataFrame(rows))
+    return root / "split.csv", root / "prepared"
+
+
+def _unet(tracks_brightness: bool):
+    """All-zero U-Net whose border channel is off; its foreground is either off everywhere or a
+    steep sigmoid of image brightness, routed through the full-resolution skip connection."""
+    model = build_unet(depth=2, base_filters=4, dropout=0.0, batchnorm=False)
+    for layer in model.layers:
+        layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+    if tracks_brightness:
+        for layer_name, tap_in, value in [("enc0_conv1", slice(0, 3), 1 / 3), ("enc0_conv2", 0, 1.0),
+                                          ("dec0_conv1", 4, 1.0), ("dec0_conv2", 0, 1.0)]:  # 4: first skip channel
+            kernel, bias = model.get_layer(layer_name).get_weights()
+            kernel[1, 1, tap_in, 0] = value
+            model.get_layer(layer_name).set_weights([kernel, bias])
+    kernel, _ = model.get_layer("logits").get_weights()
+    kernel[0, 0, 0, 0] = 20.0 if tracks_brightness else 0.0  # foreground logit 20 * (brightness - 0.5)
+    model.get_layer("logits").set_weights([kernel, np.array([-10.0, -10.0], np.float32)])
+    return model
+
+
+def _log(model, val_losses: list[float]) -> dict[str, str]:
+    with mlflow.start_run() as active:
+        for step, value in enumerate(val_losses):
+            mlflow.log_metric("val_loss", value, step=step)
+        return {"run_id": active.info.run_id, "model_uri": train.log_keras_model(model)}
+
+
+@dataclass
+class World:
+    root: Path
+    split: Path
+    samples: Path
+    good: dict
+    bad: dict
+    good_twin: dict  # same weights as `good`, another run: an earlier pipeline's champion
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        patch.chdir(root)  # artifacts land beside the store, not in the project's mlruns/
+        # log_model infers pip requirements by loading the model in a fresh Python (~10 s each on
+        # two busy cores); cut short, MLflow falls back to its default Keras requirements.
+        patch.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "1")
+        from nucseg import tracking
+
+        tracking.setup()
+        split, samples = _bright_disk_images(root)
+        yield World(root, split, samples, good=_log(_unet(True), [0.6, 0.2, 0.3]), bad=_log(_unet(False), [0.9]),
+                    good_twin=_log(_unet(True), [0.25]))
+
+
+@pytest.fixture
+def promote(world, params, tmp_path):
+    """promote(untuned=..., tuned=...) runs the stage on those run.json contents; each test
+    starts from an empty registry."""
+    client = mlflow.MlflowClient()
+    if client.search_registered_models(f"name='{NAME}'"):
+        client.delete_registered_model(NAME)
+
+    def _promote(untuned: dict, tuned: dict) -> dict:
+        for kind, info in (("untuned", untuned), ("tuned", tuned)):
+            io.write_json(tmp_path / kind / "run.json", info)
+        return registry.run(params, candidates={"untuned": tmp_path / "untuned", "tuned": tmp_path / "tuned"},
+                            split_path=world.split, samples_dir=world.samples,
+                            metrics_path=tmp_path / "reports" / "promotion.json",
+                            report_path=tmp_path / "reports" / "promotion.md")
+
+    return _promote
+
+
+def _aliases() -> dict[str, int]:
+    return {alias: int(v) for alias, v in mlflow.MlflowClient().get_registered_model(NAME).aliases.items()}
+
+
+def _versions() -> dict[str, int]:
+    """candidate tag → version number."""
+    return {v.tags["candidate"]: int(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name='{NAME}'")}
+
+
+def test_better_tuned_model_is_champion_and_rerun_is_idempotent(world, promote, tmp_path):
+    result = promote(untuned=world.bad, tuned=world.good)
+
+    versions = _versions()
+    assert _aliases() == {"champion": versions["tuned"], "challenger": versions["untuned"]}
+    assert result["candidates"]["tuned"]["dsb"] == 1.0 and result["candidates"]["untuned"]["dsb"] == 0.0
+    assert result["candidates"]["tuned"]["loss"] == 0.2  # the best epoch's, not the last one's
+    assert set(result["candidates"]["tuned"]["dsb_per_modality"]) == {"brightfield", "fluorescence"}
+    tags = mlflow.MlflowClient().get_model_version(NAME, str(versions["tuned"])).tags
+    assert tags["candidate"] == "tuned" and tags["dsb"] == "1.0" and tags["dsb_fluorescence"] == "1.0"
+    assert {"data_md5", "git_commit", "pixel_iou", "pixel_dice", "decision"} <= set(tags)
+
+    assert json.loads((tmp_path / "reports" / "promotion.json").read_text()) == result
+    report = (tmp_path / "reports" / "promotion.md").read_text()
+    assert "| tuned |" in report and "| untuned |" in report and result["reason"] in report
+    promote_runs = mlflow.search_runs(filter_string="tags.stage = 'promote'", output_format="list")
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(promote_runs[0].info.run_id, "promotion")}
+    assert artifacts == {"promotion/promotion.json", "promotion/promotion.md"}
+
+    again = promote(untuned=world.bad, tuned=world.good)
+    assert _versions() == versions and len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'")) == 2
+    assert _aliases() == {"champion": versions["tuned"], "challenger": versions["untuned"]}
+    assert again["champion_version"] == result["champion_version"]
+
+
+def test_worse_tuned_model_is_challenger(world, promote):
+    result = promote(untuned=world.good, tuned=world.bad)
+    versions = _versions()
+    assert _aliases() == {"champion": versions["untuned"], "challenger": versions["tuned"]}
+    assert result["champion"] == "untuned" and "untuned has the better validation DSB" in result["reason"]
+
+
+def test_an_earlier_champion_keeps_its_alias_within_the_margin(world, promote):
+    promote(untuned=world.good_twin, tuned=world.bad)
+    earlier = _aliases()["champion"]
+
+    result = promote(untuned=world.bad, tuned=world.good)  # ties the earlier champion: no gain beyond margin
+    assert _aliases() == {"champion": earlier, "challenger": result["candidates"]["tuned"]["version"]}
+    assert result["previous_champion"] == {"label": f"version {earlier}", "version": earlier, "dsb": 1.0}
+    assert "stays champion" in result["reason"]
+
+
+def test_failed_promotion_leaves_the_champion_where_it_was(world, promote, tmp_path):
+    promote(untuned=world.bad, tuned=world.good)
+    before = _aliases()
+    count = len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'"))
+    missing_uri = "models:/m-0000000000000000000000000000dead"
+
+    with pytest.raises(registry.PromotionError, match=missing_uri):
+        promote(untuned=world.good_twin, tuned={**world.good, "model_uri": missing_uri})
+    assert _aliases() == before
+    assert len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'")) == count
+
+    with pytest.raises(registry.PromotionError, match="0" * 32):
+        promote(untuned=world.good_twin, tuned={**world.good, "run_id": "0" * 32})
+
+    (tmp_path / "tuned" / "run.json").unlink()
+    with pytest.raises(registry.PromotionError, match=re.escape(str(tmp_path / "tuned" / "run.json"))):
+        registry.run({}, candidates={"untuned": tmp_path / "untuned", "tuned": tmp_path / "tuned"})
+    assert _aliases() == before
+    assert len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'")) == count
