@@ -56,7 +56,10 @@ VAL_METRICS = ("val_loss", "val_iou", "val_dice")
 # Trial results depend on these train keys (beside the tuned ones); a saved search resumes only if they are unchanged.
 TRIAL_TRAIN_KEYS = ("seed", "crop_size", "batch_size", "border_loss_weight", "val_crops")
 # tune keys a resumed search may change: they limit the search but do not change its trials.
-RESUMABLE_TUNE_KEYS = ("max_minutes", "final_epochs", "max_trials")
+RESUMABLE_TUNE_KEYS = ("max_minutes", "final_epochs", "final_max_minutes", "max_trials")
+# Pixel IoU of the foreground, not val_loss: the loss weights are searched too, and a loss
+# scaled by smaller weights would look better without the model being any better.
+OBJECTIVE = ("val_iou", "max")
 STATE_FILE = "state.json"
 
 
@@ -172,7 +175,7 @@ class MlflowBayesianOptimization(MlflowTrialMixin, kt.BayesianOptimization):
 
 def make_tuner(params: dict[str, Any], directory: Path, overwrite: bool, deadline: float) -> MlflowTrialMixin:
     cfg = params["tune"]
-    common = {"hypermodel": UNetHyperModel(params), "objective": kt.Objective("val_loss", direction="min"),
+    common = {"hypermodel": UNetHyperModel(params), "objective": kt.Objective(*OBJECTIVE),
               "seed": int(params["train"]["seed"]), "directory": str(directory), "project_name": "search",
               "overwrite": overwrite, "deadline": deadline}
     if cfg["algorithm"] == "hyperband":
@@ -185,9 +188,11 @@ def make_tuner(params: dict[str, Any], directory: Path, overwrite: bool, deadlin
 # ---- trial results ----
 
 def best_epoch_metrics(histories: list[keras.callbacks.History]) -> dict[str, float]:
-    """Validation metrics of the epoch with the lowest val_loss, over all executions of a trial."""
+    """Validation metrics of the epoch best by the objective, over all executions of a trial."""
     epochs = [{name: h.history[name][i] for name in VAL_METRICS} for h in histories for i in range(len(h.epoch))]
-    return {name: float(value) for name, value in min(epochs, key=lambda m: m["val_loss"]).items()}
+    metric, direction = OBJECTIVE
+    pick = max if direction == "max" else min
+    return {name: float(value) for name, value in pick(epochs, key=lambda m: m[metric]).items()}
 
 
 def completed_trials(tuner: kt.Tuner) -> list:
@@ -201,7 +206,9 @@ def trial_metrics(trial) -> dict[str, float]:
 
 
 def best_trial(tuner: kt.Tuner):
-    best = min(completed_trials(tuner), key=lambda t: t.score, default=None)
+    metric, direction = OBJECTIVE
+    pick = max if direction == "max" else min
+    best = pick(completed_trials(tuner), key=lambda t: t.score, default=None)
     if best is None:
         raise RuntimeError(f"no tuning trial completed; see {tuner.project_dir}/trial_*/trial.json")
     return best
@@ -287,9 +294,11 @@ def log_search_results(best, values: dict[str, Any], n_trials: int, trials_path:
 
 def retrain(tuned: dict[str, Any], samples: tuple[list, list], model_dir: Path, run_id: str) -> keras.Model:
     """The best configuration from scratch with the training stage's callbacks (checkpoint, early
-    stopping, LR schedule, train.max_minutes), for tune.final_epochs epochs."""
+    stopping, LR schedule), for tune.final_epochs epochs or tune.final_max_minutes."""
     import mlflow
 
+    tuned = copy.deepcopy(tuned)
+    tuned["train"]["max_minutes"] = float(tuned["tune"]["final_max_minutes"])
     keras.utils.set_random_seed(int(tuned["train"]["seed"]))
     model = train.build_model(tuned["model"], tuned["train"])
     history = train.fit(model, *samples, tuned, model_dir, run_id, epochs=int(tuned["tune"]["final_epochs"]))
