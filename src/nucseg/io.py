@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+_UMASK = os.umask(0)  # read once at import: temp files are created 0600, outputs get the usual mode
+os.umask(_UMASK)
 
 
 class ImageError(ValueError):
@@ -132,6 +134,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -154,7 +157,10 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
     """PNG of an RGB, grey, uint8 or uint16 array."""
     if image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", image)
+    try:
+        ok, encoded = cv2.imencode(".png", image)
+    except cv2.error:
+        ok = False
     if not ok:
         raise ValueError(f"{path}: PNG encoding failed for array {image.shape} {image.dtype}")
     atomic_write_bytes(path, encoded.tobytes())
