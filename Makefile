@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 data: setup
-	dvc pull
+	dvc pull data.dvc
 
 repro: data
 	dvc repro
