@@ -1,4 +1,4 @@
-"""`nucseg` command line: one sub-command per pipeline step; it parses and calls, nothing more."""
+"""nucseg: nucleus instance segmentation on DSB2018, one sub-command per pipeline stage."""
 
 from __future__ import annotations
 
