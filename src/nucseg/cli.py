@@ -18,16 +18,23 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+def _run_stage(label: str, stage_run, params: Path, *expected: type[Exception]) -> None:
+    """Run a stage on the params file; known failures become one red line and exit status 1."""
+    from nucseg import io, tracking
+
+    try:
+        result = stage_run(config.load_params(params))
+    except (FileNotFoundError, io.ImageError, tracking.TrackingUnavailable, *expected) as err:
+        _fail(str(err))
+    typer.echo(f"{label}: {result}")
+
+
 @app.command()
 def validate(params: Path = PARAMS) -> None:
     """Build the data manifest and check it with the Great Expectations suite."""
     from nucseg import validate as stage
 
-    try:
-        summary = stage.run(config.load_params(params))
-    except (stage.ValidationFailed, FileNotFoundError) as err:
-        _fail(str(err))
-    typer.echo(f"data summary: {summary}")
+    _run_stage("data summary", stage.run, params, stage.ValidationFailed)
 
 
 @app.command()
@@ -35,7 +42,7 @@ def modality(params: Path = PARAMS) -> None:
     """Cluster images into fluorescence / brightfield / histology with k-means."""
     from nucseg import modality as stage
 
-    typer.echo(f"modality counts: {stage.run(config.load_params(params))}")
+    _run_stage("modality counts", stage.run, params)
 
 
 @app.command()
@@ -43,54 +50,39 @@ def prepare(params: Path = PARAMS) -> None:
     """Instance labels, training targets, normalised images and the train/validation split."""
     from nucseg import prepare as stage
 
-    typer.echo(f"prepared: {stage.run(config.load_params(params))}")
+    _run_stage("prepared", stage.run, params)
 
 
 @app.command()
 def train(params: Path = PARAMS) -> None:
     """Train the untuned U-Net (resumes an interrupted run) and log it to MLflow."""
-    from nucseg import tracking
     from nucseg import train as stage
 
-    try:
-        typer.echo(f"trained: {stage.run(config.load_params(params))}")
-    except tracking.TrackingUnavailable as err:
-        _fail(str(err))
+    _run_stage("trained", stage.run, params)
 
 
 @app.command()
 def evaluate(params: Path = PARAMS) -> None:
     """DSB metric, pixel IoU and Dice of the untuned model on the validation split."""
     from nucseg import evaluate as stage
-    from nucseg import tracking
 
-    try:
-        typer.echo(f"evaluation: {stage.run(config.load_params(params))}")
-    except tracking.TrackingUnavailable as err:
-        _fail(str(err))
+    _run_stage("evaluation", stage.run, params)
 
 
 @app.command()
 def tune(params: Path = PARAMS) -> None:
     """Keras Tuner search (each trial a nested MLflow run); the best configuration becomes the tuned model."""
-    from nucseg import tracking
     from nucseg import tune as stage
 
-    try:
-        typer.echo(f"tuned: {stage.run(config.load_params(params))}")
-    except tracking.TrackingUnavailable as err:
-        _fail(str(err))
+    _run_stage("tuned", stage.run, params)
 
 
 @app.command()
 def promote(params: Path = PARAMS) -> None:
     """Register untuned and tuned models; alias `champion` to the better by DSB metric, `challenger` to the other."""
-    from nucseg import registry, tracking
+    from nucseg import registry
 
-    try:
-        typer.echo(f"promotion: {registry.run(config.load_params(params))}")
-    except (tracking.TrackingUnavailable, registry.PromotionError) as err:
-        _fail(str(err))
+    _run_stage("promotion", registry.run, params, registry.PromotionError)
 
 
 @app.command()
