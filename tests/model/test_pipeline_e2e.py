@@ -68,12 +68,21 @@ def pipeline(tmp_path_factory) -> Path:
     return project
 
 
+def use_store(project: Path) -> None:
+    """Both URIs: an earlier test in this process may have pointed the registry elsewhere."""
+    import mlflow
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
 def test_pipeline_ends_with_champion_and_submission(pipeline):
     import mlflow
 
     from nucseg.rle import rle_decode
 
-    mlflow.set_tracking_uri(f"sqlite:///{pipeline / 'mlflow.db'}")
+    use_store(pipeline)
     client = mlflow.MlflowClient()
     versions = client.search_model_versions("name='nucseg-unet'")
     assert len(versions) == 2
@@ -160,7 +169,7 @@ def test_mlflow_ui_shows_runs_champion_and_overlays(pipeline, mlflow_server, bro
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    mlflow.set_tracking_uri(f"sqlite:///{pipeline / 'mlflow.db'}")
+    use_store(pipeline)
     experiment = mlflow.get_experiment_by_name("nucseg")
     untuned = mlflow.search_runs([experiment.experiment_id], filter_string="tags.model_kind = 'untuned'",
                                  output_format="list")[0]
