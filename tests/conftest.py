@@ -73,7 +73,8 @@ def write_synthetic_prepared(folder: Path, n_images: int = 6, size: int = 64, se
         image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
         io.write_npz(folder / "prepared" / f"img{k}.npz", image=image, labels=labels,
                      target=targets_from_labels(labels))
-        rows.append({"id": f"img{k}", "split": "val" if k % 3 == 0 else "train", "modality": "fluorescence",
+        rows.append({"id": f"img{k}", "group": f"img{k}", "split": ("val", "test", "train")[k % 3],
+                     "modality": "fluorescence",
                      "height": size, "width": size, "n_nuclei": int(labels.max())})
     pd.DataFrame(rows).to_csv(folder / "split.csv", index=False)
     return folder

@@ -46,8 +46,16 @@ def modality(params: Path = PARAMS) -> None:
 
 
 @app.command()
+def split(params: Path = PARAMS) -> None:
+    """Group tiles of one picture; split pictures into train / val / test, stratified by modality."""
+    from nucseg import split as stage
+
+    _run_stage("split", stage.run, params, ValueError)
+
+
+@app.command()
 def prepare(params: Path = PARAMS) -> None:
-    """Instance labels, training targets, normalised images and the train/validation split."""
+    """Instance labels, training targets and normalised images."""
     from nucseg import prepare as stage
 
     _run_stage("prepared", stage.run, params)
@@ -63,7 +71,7 @@ def train(params: Path = PARAMS) -> None:
 
 @app.command()
 def evaluate(params: Path = PARAMS) -> None:
-    """DSB metric, pixel IoU and Dice of the untuned model on the validation split."""
+    """DSB metric, pixel IoU and Dice of the untuned model on the val and test splits."""
     from nucseg import evaluate as stage
 
     _run_stage("evaluation", stage.run, params)
@@ -79,7 +87,7 @@ def tune(params: Path = PARAMS) -> None:
 
 @app.command()
 def promote(params: Path = PARAMS) -> None:
-    """Register untuned and tuned models; alias `champion` to the better by DSB metric, `challenger` to the other."""
+    """Register untuned and tuned models; alias `champion` to the better by test DSB, `challenger` to the other."""
     from nucseg import registry
 
     _run_stage("promotion", registry.run, params, registry.PromotionError)

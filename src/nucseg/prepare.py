@@ -1,4 +1,4 @@
-"""Stage `prepare`: instance labels, training targets, normalised images and the split.
+"""Stage `prepare`: instance labels, training targets and normalised images.
 
 Touching nuclei merge in a plain foreground mask, so next to the foreground the model learns a
 `border` target: a thin inner ring of every nucleus, widest where two nuclei meet. Seeds taken
@@ -24,12 +24,18 @@ log = get_logger("nucseg.prepare")
 
 
 def labels_from_masks(masks: list[np.ndarray]) -> np.ndarray:
-    """uint16 instance labels, 1..N in the given order (masks of one image do not overlap)."""
+    """uint16 instance labels, 1..N in the given order.
+
+    A pixel claimed by several masks (data v2 has a few 1-2 px overlaps, tolerated by
+    `validate`) goes to the smallest of them, the earlier one on a tie: a pixel matters more
+    to a small nucleus, and the result does not depend on anything but the masks.
+    """
     if not masks:
         raise ValueError("no masks to combine")
     labels = np.zeros(masks[0].shape, np.uint16)
-    for index, mask in enumerate(masks, start=1):
-        labels[mask] = index
+    areas = [int(mask.sum()) for mask in masks]
+    for index in sorted(range(len(masks)), key=lambda k: (-areas[k], -k)):  # smallest, then earliest, paints last
+        labels[masks[index]] = index + 1
     return labels
 
 
@@ -60,27 +66,12 @@ def prepare_sample(image_path: Path, masks_dir: Path, cfg: dict[str, Any]) -> di
     return {"image": image, "labels": labels, "target": targets_from_labels(labels, int(cfg["border_width"]))}
 
 
-def split_ids(table: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series:
-    """train/val per id, stratified by modality where every modality has at least two images."""
-    from sklearn.model_selection import train_test_split
-
-    counts = table["modality"].value_counts()
-    stratify = table["modality"] if (counts >= 2).all() and len(counts) > 1 else None
-    n_val = max(1, round(len(table) * val_fraction))
-    if stratify is not None and n_val < len(counts):
-        stratify = None
-    _, val_ids = train_test_split(table["id"], test_size=n_val, random_state=seed, stratify=stratify)
-    return table["id"].isin(set(val_ids)).map({True: "val", False: "train"})
-
-
 def run(params: dict[str, Any], manifest_path: str | Path = "artifacts/manifest.csv",
-        modality_path: str | Path = "artifacts/modality.csv", samples_dir: str | Path = "artifacts/prepared",
-        split_path: str | Path = "artifacts/split.csv",
+        samples_dir: str | Path = "artifacts/prepared",
         summary_path: str | Path = "reports/prepare_summary.json") -> dict[str, Any]:
     cfg = params["prepare"]
     manifest = pd.read_csv(manifest_path)
-    modality = pd.read_csv(modality_path)[["id", "modality"]]
-    train = manifest[manifest["split"] == "train"].merge(modality, on="id")
+    train = manifest[manifest["split"] == "train"]
     samples_dir = Path(samples_dir)
     samples_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -88,18 +79,12 @@ def run(params: dict[str, Any], manifest_path: str | Path = "artifacts/manifest.
         image_path = Path(row.image_path)
         sample = prepare_sample(image_path, image_path.parent.parent / "masks", cfg)
         io.write_npz(samples_dir / f"{row.id}.npz", **sample)
-        rows.append({"id": row.id, "modality": row.modality, "height": sample["labels"].shape[0],
+        rows.append({"id": row.id, "height": sample["labels"].shape[0],
                      "width": sample["labels"].shape[1], "n_nuclei": int(sample["labels"].max()),
                      "border_fraction": round(float(sample["target"][..., 1].mean()), 5)})
     table = pd.DataFrame(rows)
-    table.insert(1, "split", split_ids(table, float(cfg["val_fraction"]), int(cfg["seed"])))
-    io.write_csv(split_path, table)
-    summary = {
-        "images": {s: int(n) for s, n in table["split"].value_counts().items()},
-        "nuclei": int(table["n_nuclei"].sum()),
-        "modality_by_split": {s: {m: int(n) for m, n in part["modality"].value_counts().sort_index().items()}
-                              for s, part in table.groupby("split")},
-    }
+    summary = {"images": int(len(table)), "nuclei": int(table["n_nuclei"].sum()),
+               "mean_border_fraction": round(float(table["border_fraction"].mean()), 5)}
     io.write_json(summary_path, summary)
     log.info("prepared %d images: %s", len(table), summary)
     return summary

@@ -1,7 +1,7 @@
 """Stage `promote`: the model registry decides which U-Net serves.
 
 `score` and `predict` load `models:/nucseg-unet@champion`, so whichever model holds that alias
-is what users get. Every candidate is scored here, on the same validation split with the same
+is what users get. Every candidate is scored here, on the same `test` split with the same
 post-processing, before the registry is touched: a crash mid-stage then leaves the aliases
 exactly as they were, and the registry is never without a champion.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
-from nucseg import config, io, tracking
+from nucseg import config, datasets, io, tracking
 from nucseg.config import get_logger
 from nucseg.evaluate import evaluate_model, load_split_samples, summarize
 
@@ -64,11 +64,11 @@ class Incumbent(NamedTuple):
 
 
 def decide(scores: Mapping[str, float], current_champion: tuple[str, float] | None, margin: float) -> Decision:
-    """Champion and challenger from validation DSB scores.
+    """Champion and challenger from test DSB scores.
 
     The best candidate wins; ties go to the candidate listed first. A champion from an earlier
     promotion that is not among `scores` keeps its alias unless the best candidate beats it by
-    more than `margin`, so validation noise cannot flip the served model back and forth; the
+    more than `margin`, so noise cannot flip the served model back and forth; the
     best candidate is then its challenger.
     """
     if not scores:
@@ -90,10 +90,10 @@ def decide(scores: Mapping[str, float], current_champion: tuple[str, float] | No
 
 def _ranking_reason(scores: Mapping[str, float], best: str, runner_up: str | None) -> str:
     if runner_up is None:
-        return f"{best} is the only candidate (validation DSB {scores[best]:.4f})"
+        return f"{best} is the only candidate (test DSB {scores[best]:.4f})"
     if scores[best] == scores[runner_up]:
-        return f"{best} and {runner_up} tie at validation DSB {scores[best]:.4f}; the tie goes to {best}, listed first"
-    return f"{best} has the better validation DSB ({scores[best]:.4f} vs {runner_up} {scores[runner_up]:.4f})"
+        return f"{best} and {runner_up} tie at test DSB {scores[best]:.4f}; the tie goes to {best}, listed first"
+    return f"{best} has the better test DSB ({scores[best]:.4f} vs {runner_up} {scores[runner_up]:.4f})"
 
 
 def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATES,
@@ -108,7 +108,7 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
     name = config.REGISTERED_MODEL
     lineage = tracking.lineage_tags()
     sources = {cand: read_run_info(Path(folder) / "run.json") for cand, folder in candidates.items()}
-    samples = load_split_samples(split_path, samples_dir)
+    samples = load_split_samples(split_path, samples_dir, "test")
     scored = [Candidate(cand, run_id, uri, score_model(uri, samples, params, cand), best_val_loss(client, run_id),
                         source_lineage(client, run_id, lineage)) for cand, (run_id, uri) in sources.items()]
     incumbent = current_champion(client, name, scored, samples, params)
@@ -125,7 +125,7 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
     result = promotion_table(scored, versions, decision, incumbent)
     io.write_json(metrics_path, result)
     io.atomic_write_text(report_path, promotion_markdown(result))
-    log_promote_run(result, lineage, metrics_path, report_path)
+    log_promote_run(result, lineage, metrics_path, report_path, split_path, params)
     return result
 
 
@@ -141,7 +141,7 @@ def read_run_info(path: Path) -> tuple[str, str]:
 
 
 def score_model(model_uri: str, samples: list[dict[str, Any]], params: dict[str, Any], label: str) -> dict[str, Any]:
-    """Validation summary (overall and per modality) of the model behind `model_uri`."""
+    """Test summary (overall and per modality) of the model behind `model_uri`."""
     import mlflow
 
     try:
@@ -150,7 +150,7 @@ def score_model(model_uri: str, samples: list[dict[str, Any]], params: dict[str,
         raise PromotionError(f"cannot load model {model_uri} ({label}): {err}") from err
     per_image, _ = evaluate_model(model, samples, params, desc=f"promote {label}")
     summary = summarize(per_image)
-    log.info("%s (%s): validation DSB %.4f", label, model_uri, summary["overall"]["dsb"])
+    log.info("%s (%s): test DSB %.4f", label, model_uri, summary["overall"]["dsb"])
     return summary
 
 
@@ -163,7 +163,7 @@ def best_val_loss(client, run_id: str) -> float | None:
 def current_champion(client, name: str, scored: list[Candidate], samples, params) -> Incumbent | None:
     """The version holding `champion` now, or None if none does.
 
-    A holder that is not a candidate is rescored on this validation split: the DSB tagged on
+    A holder that is not a candidate is rescored on this test split: the DSB tagged on
     it may come from different data, and the margin only means something like for like.
     """
     from mlflow.exceptions import MlflowException
@@ -202,7 +202,7 @@ def register(client, name: str, candidate: Candidate, reason: str) -> int:
         client.set_model_version_tag(name, str(version), key, value)
     overall = candidate.summary["overall"]
     client.update_model_version(name, str(version), description=(
-        f"{candidate.name} U-Net from run {candidate.run_id}. Validation DSB {overall['dsb']:.4f}, pixel IoU "
+        f"{candidate.name} U-Net from run {candidate.run_id}. Test DSB {overall['dsb']:.4f}, pixel IoU "
         f"{overall['pixel_iou']:.4f}, Dice {overall['pixel_dice']:.4f} on {overall['images']} images. "
         f"Promotion: {reason}."))
     return version
@@ -268,7 +268,7 @@ def promotion_markdown(table: dict[str, Any]) -> str:
         prev = table["previous_champion"]
         rows.append([f"{prev['label']} (champion before)", prev["version"], aliases.get(prev["version"], ""), "–",
                      _fmt(prev["dsb"]), "–", "–", *("–" for _ in modalities)])
-    lines = ["# Promotion: tuned vs untuned", "", _row(header), _row(["---"] * len(header)), *map(_row, rows), "",
+    lines = ["# Promotion: tuned vs untuned", "", "Scored on the `test` split, which chose nothing before this.", "", _row(header), _row(["---"] * len(header)), *map(_row, rows), "",
              f"**Champion:** {_who(table['champion'], table['champion_version'])}; "
              f"**challenger:** {_who(table['challenger'], table['challenger_version'])}.", "",
              f"**Why:** {table['reason']}.", ""]
@@ -288,11 +288,12 @@ def _fmt(value: float | None) -> str:
 
 
 def log_promote_run(table: dict[str, Any], lineage: dict[str, str], metrics_path: str | Path,
-                    report_path: str | Path) -> None:
-    """An MLflow run of its own, so the UI shows when and why the champion changed."""
+                    report_path: str | Path, split_path: str | Path, params: dict[str, Any]) -> None:
+    """An MLflow run of its own, so the UI shows when and why the champion changed, and on which data."""
     import mlflow
 
     with mlflow.start_run(run_name="promote"):
+        datasets.log_split_inputs(split_path, ("test",), params)
         mlflow.set_tags({"stage": "promote", **lineage, "champion_version": table["champion_version"],
                          "decision": table["reason"]})
         mlflow.log_metrics({f"{name}_{key}": c[key] for name, c in table["candidates"].items()

@@ -12,6 +12,10 @@ import yaml
 from nucseg import config
 
 
+# MLflow 3 opens an experiment without this tag on its GenAI overview of traces, empty for us
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
+
 class TrackingUnavailable(RuntimeError):
     """The tracking server cannot be reached; the message names the URI."""
 
@@ -28,6 +32,7 @@ def setup(experiment: str = config.EXPERIMENT_NAME) -> str:
     if mlflow.get_experiment_by_name(experiment) is None:
         mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri))
     mlflow.set_experiment(experiment)
+    mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, "custom_model_development")
     return uri
 
 
@@ -70,8 +75,15 @@ def git_commit() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+def data_version(md5: str | None = None) -> str:
+    """Short, readable name of a DVC data version: `dsb2018-<first 8 hex of the md5>`."""
+    md5 = md5 or data_md5()
+    return f"dsb2018-{md5[:8]}" if md5 != "unknown" else "dsb2018-unknown"
+
+
 def lineage_tags() -> dict[str, str]:
-    return {"data_md5": data_md5(), "git_commit": git_commit()}
+    md5 = data_md5()
+    return {"data_md5": md5, "data_version": data_version(md5), "git_commit": git_commit()}
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nucseg import config, io, tracking
+from nucseg import config, datasets, io, tracking
 from nucseg.config import get_logger
 
 log = get_logger("nucseg.train")
@@ -165,6 +165,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
         if not state:
             mlflow.set_tags({"stage": "train", "model_kind": "untuned", **tracking.lineage_tags()})
             mlflow.log_params(tracking.flatten({k: params[k] for k in ("model", "train", "augment", "prepare")}))
+            datasets.log_split_inputs(split_path, ("train", "val"), params)
         history = fit(model, train, val, params, model_dir, active.info.run_id, initial_epoch=initial_epoch)
         if (model_dir / "best.keras").exists():
             model = keras.saving.load_model(model_dir / "best.keras")

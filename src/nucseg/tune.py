@@ -35,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from nucseg import io, tracking, train
+from nucseg import datasets, io, tracking, train
 from nucseg.config import get_logger
 
 log = get_logger("nucseg.tune")
@@ -321,7 +321,7 @@ def load_trial_model(tuner: kt.Tuner, trial) -> keras.Model:
 
 
 def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tuple[list, list],
-                    model_dir: Path, parent_run_id: str) -> None:
+                    model_dir: Path, parent_run_id: str, split_path: str | Path) -> None:
     """The "tuned" run: retrained if tune.final_epochs > 0, else the best trial's own weights."""
     import mlflow
 
@@ -333,6 +333,7 @@ def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tupl
         mlflow.set_tags({"stage": "tune", "model_kind": "tuned", "tune_run_id": parent_run_id,
                          "best_trial_id": best.trial_id, **tracking.lineage_tags()})
         mlflow.log_params(tracking.flatten({k: tuned[k] for k in ("model", "train", "augment", "tune")}))
+        datasets.log_split_inputs(split_path, ("train", "val"), params)
         mlflow.log_metrics({f"best_trial_{k}": v for k, v in metrics.items()})
         if int(params["tune"]["final_epochs"]) > 0:
             log.info("tune: retraining trial %s's configuration for %s epochs", best.trial_id,
@@ -368,6 +369,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
         if not parent_id:
             mlflow.set_tags({"stage": "tune", **tracking.lineage_tags()})
             mlflow.log_params(tracking.flatten({"tune": params["tune"]}))
+            datasets.log_split_inputs(split_path, ("train", "val"), params)
             io.write_json(tuner_dir / STATE_FILE, {"run_id": parent.info.run_id, "settings": settings})
         run_search(tuner, params, *samples)
         minutes = round((time.monotonic() - started) / 60, 2)
@@ -375,7 +377,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
         values = space_values(best, params["tune"]["space"])
         io.write_csv(trials_path, trials_table(tuner, params))
         log_search_results(best, values, len(tuner.oracle.trials), Path(trials_path))
-    log_tuned_model(tuner, best, params, samples, model_dir, parent.info.run_id)
+    log_tuned_model(tuner, best, params, samples, model_dir, parent.info.run_id, split_path)
     metrics = {"best_hyperparameters": values, "best_trial_id": best.trial_id,
                **{k: round(v, 5) for k, v in trial_metrics(best).items()},
                "trials": len(tuner.oracle.trials), "trials_this_session": tuner.trials_run,

@@ -25,7 +25,7 @@ logging.getLogger("great_expectations").setLevel(logging.WARNING)
 MANIFEST_COLUMNS = [
     "id", "split", "image_path", "height", "width", "channels", "dtype", "colour",
     "masks_dir_present", "missing_masks", "n_masks", "mask_coverage", "wrong_size_masks",
-    "empty_masks", "overlap_pixels", "unreadable_files", "problems",
+    "empty_masks", "overlap_pixels", "overlap_fraction", "overlap_width", "unreadable_files", "problems",
 ]
 
 
@@ -36,7 +36,8 @@ def describe_sample(image_id: str, split: str, image_dir: Path, masks_dir: Path)
         "id": image_id, "split": split, "image_path": "", "height": None, "width": None, "channels": None,
         "dtype": None, "colour": None, "masks_dir_present": masks_dir.is_dir(), "missing_masks": False,
         "n_masks": 0, "mask_coverage": 0.0, "wrong_size_masks": 0, "empty_masks": 0,
-        "overlap_pixels": 0, "unreadable_files": 0, "problems": "",
+        "overlap_pixels": 0, "overlap_fraction": 0.0, "overlap_width": 0, "unreadable_files": 0,
+        "problems": "",
     }
     problems: list[str] = []
     image_files = sorted(p for p in image_dir.glob("*") if p.suffix.lower() in io.IMAGE_SUFFIXES) \
@@ -81,13 +82,33 @@ def describe_sample(image_id: str, split: str, image_dir: Path, masks_dir: Path)
                     else:
                         coverage += mask
             if coverage is not None:
-                row["overlap_pixels"] = int((coverage > 1).sum())
                 row["mask_coverage"] = float((coverage > 0).mean())
-                if row["overlap_pixels"]:
-                    problems.append(f"{masks_dir}: masks overlap on {row['overlap_pixels']} pixels")
+                if (coverage > 1).any():
+                    row.update(overlap_stats(coverage > 1, coverage > 0))
+                    problems.append(f"{masks_dir}: masks overlap on {row['overlap_pixels']} pixels "
+                                    f"({row['overlap_fraction']:.3%} of the nuclei's pixels), at most "
+                                    f"{row['overlap_width']} px wide")
         row["missing_masks"] = row["n_masks"] == 0
     row["problems"] = "; ".join(problems)
     return row
+
+
+def overlap_width(overlap: np.ndarray) -> int:
+    """Side of the largest square that fits inside the overlapping pixels: 1 or 2 where masks
+    merely graze each other, the nucleus' size for a duplicated or shifted mask."""
+    from scipy.ndimage import binary_erosion
+
+    width = 0
+    while overlap.any():
+        width += 1
+        overlap = binary_erosion(overlap, np.ones((2, 2), bool), border_value=0)
+    return width
+
+
+def overlap_stats(overlap: np.ndarray, foreground: np.ndarray) -> dict[str, Any]:
+    """Pixels claimed by two masks: how many, their share of all nucleus pixels, how wide."""
+    return {"overlap_pixels": int(overlap.sum()), "overlap_fraction": float(overlap.sum() / foreground.sum()),
+            "overlap_width": overlap_width(overlap)}
 
 
 def build_manifest(train_dir: str | Path, test_dir: str | Path | None = None, limit: int = 0) -> pd.DataFrame:
@@ -109,8 +130,16 @@ def build_manifest(train_dir: str | Path, test_dir: str | Path | None = None, li
 
 # ---- the expectation suite, as code ----
 
-def expectation_suite(min_side: int = 16, max_mask_coverage: float = 0.95) -> list:
-    """The expectations every image must meet; `meta.meaning` is what a person reads on failure."""
+def expectation_suite(min_side: int = 16, max_mask_coverage: float = 0.95, max_overlap_fraction: float = 0.05,
+                      max_overlap_width: int = 2) -> list:
+    """The expectations every image must meet; `meta.meaning` is what a person reads on failure.
+
+    Overlapping masks are tolerated where they only graze: data v2's corrected annotations
+    overlap on 1-2 pixels in six images, which `prepare` resolves. An overlap wider than
+    `max_overlap_width` pixels (a duplicated or shifted mask) or covering more than
+    `max_overlap_fraction` of an image's nucleus pixels still fails. The tolerated cases are
+    listed as warnings in the report.
+    """
     import great_expectations as gx
 
     E = gx.expectations
@@ -127,8 +156,11 @@ def expectation_suite(min_side: int = 16, max_mask_coverage: float = 0.95) -> li
         rule(E.ExpectColumnValuesToBeBetween, "every mask has the size of its image",
              column="wrong_size_masks", min_value=0, max_value=0),
         rule(E.ExpectColumnValuesToBeBetween, "no mask is all zero", column="empty_masks", min_value=0, max_value=0),
-        rule(E.ExpectColumnValuesToBeBetween, "masks of one image do not overlap",
-             column="overlap_pixels", min_value=0, max_value=0),
+        rule(E.ExpectColumnValuesToBeBetween,
+             f"masks of one image overlap on at most {max_overlap_fraction:.2%} of its nucleus pixels",
+             column="overlap_fraction", min_value=0.0, max_value=max_overlap_fraction),
+        rule(E.ExpectColumnValuesToBeBetween, f"overlapping masks only graze (at most {max_overlap_width} px wide)",
+             column="overlap_width", min_value=0, max_value=max_overlap_width),
         rule(E.ExpectColumnValuesToBeBetween, f"images are at least {min_side} pixels high",
              column="height", min_value=min_side),
         rule(E.ExpectColumnValuesToBeBetween, f"images are at least {min_side} pixels wide",
@@ -181,14 +213,28 @@ def _describe(config) -> str:
     return f"{config.type}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
 
 
+def tolerated(manifest: pd.DataFrame, failures: list[Failure]) -> pd.DataFrame:
+    """Images whose masks overlap within the tolerance: they pass, with a warning."""
+    failed = {row["id"] for failure in failures for row in failure.rows}
+    return manifest[(manifest["overlap_pixels"] > 0) & ~manifest["id"].isin(failed)]
+
+
 def render_report(manifest: pd.DataFrame, failures: list[Failure]) -> str:
     lines = ["# Data validation report", ""]
     lines.append(f"{len(manifest)} images checked with {len(expectation_suite())} expectations "
                  f"(Great Expectations suite `dsb_manifest`).")
     lines.append("")
+    warnings = tolerated(manifest, failures)
     if not failures:
-        lines.append("**PASSED**: every expectation holds.")
+        lines.append("**PASSED**: every expectation holds" + (f", {len(warnings)} image(s) with warnings."
+                                                              if len(warnings) else "."))
+    if len(warnings):
+        lines += ["", "## Warnings: masks overlap within the tolerance",
+                  "`prepare` gives each pixel claimed twice to the smaller nucleus.", ""]
+        lines += [f"- `{row.image_path}` ({row.split}): {row.problems}" for row in warnings.itertuples()]
+    if not failures:
         return "\n".join(lines) + "\n"
+    lines.append("")
     bad = sorted({row["id"] for f in failures for row in f.rows})
     lines.append(f"**FAILED**: {len(failures)} expectation(s) broken by {len(bad)} image(s).")
     for failure in failures:
@@ -222,14 +268,17 @@ def run(params: dict[str, Any], manifest_path: str | Path = "artifacts/manifest.
         summary_path: str | Path = "reports/data_summary.json") -> dict[str, Any]:
     data, cfg = params["data"], params["validate"]
     manifest = build_manifest(data["train_dir"], data.get("test_dir"), limit=int(data.get("limit", 0)))
-    failures = run_suite(manifest, expectation_suite(cfg["min_side"], cfg["max_mask_coverage"]))
+    failures = run_suite(manifest, expectation_suite(cfg["min_side"], cfg["max_mask_coverage"],
+                                                     cfg["max_overlap_fraction"], cfg["max_overlap_width"]))
     io.atomic_write_text(report_path, render_report(manifest, failures))
+    for row in tolerated(manifest, failures).itertuples():
+        log.warning("%s: tolerated: %s", row.image_path, row.problems)
     if failures:
         for failure in failures:
             for row in failure.rows:
                 log.error("%s: broke '%s': %s", row["image_path"] or row["id"], failure.rule, row["problems"])
         raise ValidationFailed(f"{len(failures)} expectation(s) failed; see {report_path}")
-    summary = summarize(manifest)
+    summary = {**summarize(manifest), "overlap_warnings": int(len(tolerated(manifest, failures)))}
     io.write_csv(manifest_path, manifest)
     io.write_json(summary_path, summary)
     log.info("validation passed: %s", summary)

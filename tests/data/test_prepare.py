@@ -1,4 +1,4 @@
-"""Stage `prepare`: instance labels, border targets, intensity normalisation, resizing, the split."""
+"""Stage `prepare`: instance labels, border targets, intensity normalisation, resizing."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import tifffile
 from skimage.draw import disk
 
 from nucseg import io, prepare
-from nucseg.prepare import labels_from_masks, resize_sample, split_ids, targets_from_labels
+from nucseg.prepare import labels_from_masks, resize_sample, targets_from_labels
 
 
 def disk_mask(shape, center, radius) -> np.ndarray:
@@ -49,6 +49,17 @@ def test_labels_from_masks_goes_past_255():
     labels = labels_from_masks(masks)
     assert labels.max() == 300
     assert labels.flat[299] == 300 and labels.flat[0] == 1 and labels.flat[300] == 0
+
+
+def test_overlapping_pixels_go_to_the_smaller_mask_then_the_earlier():
+    shape = (10, 10)
+    big, small, twin = (np.zeros(shape, bool) for _ in range(3))
+    big[0:6, 0:6] = True
+    small[5:7, 5:7] = True  # shares pixel (5, 5) with big
+    twin[5:7, 5:7] = True   # same size as small: the earlier of the two keeps the shared pixels
+    labels = labels_from_masks([big, small, twin])
+    assert labels[5, 5] == 2 and labels[6, 6] == 2 and labels[0, 0] == 1
+    assert labels_from_masks([small, big])[5, 5] == 1  # order of files does not decide, size does
 
 
 def test_labels_from_masks_rejects_empty_list():
@@ -270,56 +281,6 @@ def test_prepare_sample_with_resize(params, tmp_path):
     assert sample["image"][sample["labels"] > 0].mean() > 200 and sample["image"][sample["labels"] == 0].mean() < 50
 
 
-# ---- split ----
-
-def modality_table(counts: dict[str, int]) -> pd.DataFrame:
-    rows = [(f"{name[:2]}{i:02d}", name) for name, n in counts.items() for i in range(n)]
-    return pd.DataFrame(rows, columns=["id", "modality"])
-
-
-def test_split_is_deterministic_for_a_seed():
-    table = modality_table({"fluorescence": 10, "brightfield": 6, "histology": 4})
-    first = split_ids(table, 0.15, seed=42)
-    np.testing.assert_array_equal(first.to_numpy(), split_ids(table, 0.15, seed=42).to_numpy())
-    others = [split_ids(table, 0.15, seed=s).to_numpy() for s in range(1, 6)]
-    assert any(not np.array_equal(first.to_numpy(), o) for o in others)  # the seed matters
-
-
-@pytest.mark.parametrize("fraction, n_val", [(0.15, 3), (0.25, 5), (0.4, 8), (0.01, 1)])
-def test_split_honours_val_fraction(fraction, n_val):
-    table = modality_table({"fluorescence": 10, "brightfield": 6, "histology": 4})  # 20 images
-    split = split_ids(table, fraction, seed=0)
-    assert len(split) == 20 and set(split) <= {"train", "val"}
-    assert (split == "val").sum() == n_val  # round(20 * fraction), at least one
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2, 42])
-def test_split_is_stratified_by_modality(seed):
-    table = modality_table({"fluorescence": 10, "brightfield": 6, "histology": 4})
-    split = split_ids(table, 0.15, seed)
-    val = table.loc[(split == "val").to_numpy(), "modality"]
-    assert sorted(val) == ["brightfield", "fluorescence", "histology"]  # 3 val images, one of each
-
-
-def test_split_falls_back_when_a_modality_has_a_single_image():
-    table = modality_table({"fluorescence": 10, "brightfield": 6, "histology": 1})
-    for seed in range(5):
-        split = split_ids(table, 0.2, seed)
-        assert (split == "val").sum() == round(17 * 0.2) and (split == "train").sum() == 17 - round(17 * 0.2)
-
-
-def test_split_falls_back_when_val_is_smaller_than_the_modalities():
-    table = modality_table({"fluorescence": 4, "brightfield": 3, "histology": 3})
-    split = split_ids(table, 0.1, seed=0)  # one val image cannot cover three modalities
-    assert (split == "val").sum() == 1
-
-
-def test_split_keeps_table_index():
-    table = modality_table({"fluorescence": 5, "brightfield": 5}).set_index(pd.Index(range(100, 110)))
-    split = split_ids(table, 0.2, seed=3)
-    assert list(split.index) == list(table.index) and (split == "val").sum() == 2
-
-
 # ---- the whole stage on real images ----
 
 def test_run_on_real_slice(params, real_slice, tmp_path):
@@ -329,16 +290,10 @@ def test_run_on_real_slice(params, real_slice, tmp_path):
     manifest_path = tmp_path / "manifest.csv"
     manifest.to_csv(manifest_path, index=False)
     ids = list(manifest["id"])
-    modalities = ["fluorescence", "fluorescence", "histology", "histology"][: len(ids)]
-    modality_path = tmp_path / "modality.csv"
-    pd.DataFrame({"id": ids, "modality": modalities, "median": 0.1}).to_csv(modality_path, index=False)
-
     samples_dir = tmp_path / "prepared"
-    split_path = tmp_path / "split.csv"
     summary_path = tmp_path / "reports" / "prepare_summary.json"
-    params["prepare"].update(resize=0, border_width=2, val_fraction=0.15, seed=42)
-    summary = prepare.run(params, manifest_path=manifest_path, modality_path=modality_path,
-                          samples_dir=samples_dir, split_path=split_path, summary_path=summary_path)
+    params["prepare"].update(resize=0, border_width=2)
+    summary = prepare.run(params, manifest_path=manifest_path, samples_dir=samples_dir, summary_path=summary_path)
 
     n_masks = {sid: len(list((real_slice / sid / "masks").glob("*.png"))) for sid in ids}
     assert sorted(p.stem for p in samples_dir.glob("*.npz")) == sorted(ids)
@@ -355,35 +310,20 @@ def test_run_on_real_slice(params, real_slice, tmp_path):
         np.testing.assert_array_equal(target[..., 0], labels > 0)
         assert not (target[..., 1] & ~target[..., 0]).any()
 
-    split = pd.read_csv(split_path)
-    assert list(split.columns) == ["id", "split", "modality", "height", "width", "n_nuclei", "border_fraction"]
-    assert sorted(split["id"]) == sorted(ids)
-    assert dict(zip(split["id"], split["n_nuclei"])) == n_masks
-    assert dict(zip(split["id"], split["modality"])) == dict(zip(ids, modalities))
-    assert ((split["border_fraction"] > 0) & (split["border_fraction"] < 1)).all()
-    assert (split["split"] == "val").sum() == 1  # max(1, round(4 * 0.15))
-
     on_disk = json.loads(summary_path.read_text())
     assert on_disk == summary
-    assert summary["images"] == {"train": 3, "val": 1}
-    assert summary["nuclei"] == sum(n_masks.values())
-    by_split = summary["modality_by_split"]
-    assert set(by_split) == {"train", "val"}
-    assert sum(n for part in by_split.values() for n in part.values()) == 4
-    for name in ("fluorescence", "histology"):
-        assert sum(part.get(name, 0) for part in by_split.values()) == 2
+    assert summary["images"] == 4 and summary["nuclei"] == sum(n_masks.values())
+    assert 0 < summary["mean_border_fraction"] < 1
 
 
-def test_run_skips_test_images_and_missing_modalities(params, real_slice, tmp_path):
-    """Only training rows with a modality are prepared."""
+def test_run_skips_test_images(params, real_slice, tmp_path):
+    """Only training rows are prepared (test images have no masks)."""
     from nucseg.validate import build_manifest
 
     manifest = build_manifest(real_slice)
     manifest.loc[manifest.index[-1], "split"] = "test"
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
     ids = list(manifest["id"])
-    pd.DataFrame({"id": ids[1:], "modality": "fluorescence"}).to_csv(tmp_path / "modality.csv", index=False)
-    prepare.run(params, manifest_path=tmp_path / "manifest.csv", modality_path=tmp_path / "modality.csv",
-                samples_dir=tmp_path / "prepared", split_path=tmp_path / "split.csv",
+    prepare.run(params, manifest_path=tmp_path / "manifest.csv", samples_dir=tmp_path / "prepared",
                 summary_path=tmp_path / "summary.json")
-    assert sorted(p.stem for p in (tmp_path / "prepared").glob("*.npz")) == sorted(ids[1:-1])
+    assert sorted(p.stem for p in (tmp_path / "prepared").glob("*.npz")) == sorted(ids[:-1])

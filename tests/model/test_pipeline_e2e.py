@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 def small_params() -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["modality"]["examples_per_cluster"] = 2
+    params["split"].update(val_fraction=0.25, test_fraction=0.25)
     params["model"].update(depth=2, base_filters=4)
     params["train"].update(crop_size=64, batch_size=2, steps_per_epoch=2, epochs=1, val_crops=2, workers=1,
                            max_minutes=2)
@@ -100,7 +101,13 @@ def test_pipeline_ends_with_champion_and_submission(pipeline):
             rle_decode(row.EncodedPixels, (4000, 4000))  # well-formed runs
     assert len(list((pipeline / "outputs" / "stage1_test" / "labels").glob("*.png"))) == N_TEST
 
-    for metric in ("data_summary", "eval_metrics", "promotion", "tune_metrics", "train_metrics"):
+    split = pd.read_csv(pipeline / "artifacts" / "split.csv")
+    assert {"id", "group", "split", "modality"} <= set(split.columns)
+    assert set(split["split"]) == {"train", "val", "test"}
+    assert (split.groupby("group")["split"].nunique() == 1).all()
+    assert champion.tags["data_version"].startswith("dsb2018-")
+
+    for metric in ("data_summary", "split_summary", "eval_metrics", "promotion", "tune_metrics", "train_metrics"):
         assert (pipeline / "reports" / f"{metric}.json").exists(), metric
     assert "Data and pipelines are up to date" in (pipeline / "second_repro.log").read_text()
 
@@ -176,8 +183,12 @@ def test_mlflow_ui_shows_runs_champion_and_overlays(pipeline, mlflow_server, bro
     shots = ROOT / "reports"
     shots.mkdir(exist_ok=True)
 
-    browser.get(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs")
-    wait_for_text(browser, "Training runs", "untuned", "tuned", "promote", "nucseg-unet")
+    browser.get(f"{mlflow_server}/#/experiments/{experiment.experiment_id}")  # where a link to it lands
+    text = wait_for_text(browser, "Training runs", "untuned", "tuned", "promote", "Datasets")
+    assert "/runs" in browser.current_url  # the runs table, not MLflow 3's GenAI overview of traces
+    data_version = untuned.data.tags["data_version"]
+    assert data_version in text  # the Datasets column names the data each run read
+    assert "train" in text and "test" in text  # ... and in which role
     browser.save_screenshot(str(shots / "mlflow_ui_experiment.png"))
 
     browser.get(f"{mlflow_server}/#/models/nucseg-unet")

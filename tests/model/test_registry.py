@@ -69,7 +69,7 @@ def _bright_disk_images(root: Path) -> tuple[Path, Path]:
         image = np.where(labels[..., None] > 0, 220, 20).astype(np.uint8).repeat(3, axis=2)
         io.write_npz(root / "prepared" / f"img{index}.npz", image=image, labels=labels,
                      target=targets_from_labels(labels))
-        rows.append({"id": f"img{index}", "modality": modality, "split": "val"})
+        rows.append({"id": f"img{index}", "modality": modality, "split": "test"})
     io.write_csv(root / "split.csv", pd.DataFrame(rows))
     return root / "split.csv", root / "prepared"
 
@@ -183,7 +183,7 @@ def test_worse_tuned_model_is_challenger(world, promote):
     result = promote(untuned=world.good, tuned=world.bad)
     versions = _versions()
     assert _aliases() == {"champion": versions["untuned"], "challenger": versions["tuned"]}
-    assert result["champion"] == "untuned" and "untuned has the better validation DSB" in result["reason"]
+    assert result["champion"] == "untuned" and "untuned has the better test DSB" in result["reason"]
 
 
 def test_an_earlier_champion_keeps_its_alias_within_the_margin(world, promote):
