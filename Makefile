@@ -26,4 +26,5 @@ test: data
 	python -m pytest
 
 ui: setup
+	@echo "open http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --workers 1

@@ -1,5 +1,5 @@
-"""Accuracy as the field measures it: the DSB2018 metric on the validation split, per modality,
-for the untuned model, and the tuned-vs-untuned table from promotion.
+"""Accuracy as the field measures it: the DSB2018 metric on the `val` and `test` splits, per
+modality, for the untuned model, and the tuned-vs-untuned table from promotion (scored on `test`).
 
 Run from the project root after `dvc repro`:  python benchmarks/accuracy.py [--recompute]
 """
@@ -31,11 +31,13 @@ def main() -> None:
         from nucseg.evaluate import evaluate_model, load_split_samples, summarize
 
         model = keras.saving.load_model("models/untuned/model.keras", compile=False)
-        per_image, _ = evaluate_model(model, load_split_samples("artifacts/split.csv", "artifacts/prepared"),
-                                      load_params(), desc="benchmark")
-        show("untuned (recomputed)", summarize(per_image))
+        for split in ("val", "test"):
+            samples = load_split_samples("artifacts/split.csv", "artifacts/prepared", split)
+            per_image, _ = evaluate_model(model, samples, load_params(), desc=f"benchmark {split}")
+            show(f"untuned on {split} (recomputed)", summarize(per_image))
     else:
-        show("untuned (reports/eval_metrics.json)", json.loads(Path("reports/eval_metrics.json").read_text()))
+        for split, summary in json.loads(Path("reports/eval_metrics.json").read_text()).items():
+            show(f"untuned on {split} (reports/eval_metrics.json)", summary)
     promotion = Path("reports/promotion.json")
     if promotion.exists():
         print("promotion:", json.dumps(json.loads(promotion.read_text()), indent=1))

@@ -183,13 +183,24 @@ def test_mlflow_ui_shows_runs_champion_and_overlays(pipeline, mlflow_server, bro
     shots = ROOT / "reports"
     shots.mkdir(exist_ok=True)
 
-    browser.get(f"{mlflow_server}/#/experiments/{experiment.experiment_id}")  # where a link to it lands
-    text = wait_for_text(browser, "Training runs", "untuned", "tuned", "promote", "Datasets")
+    # The experiment is of the model-training kind. MLflow 3.17's UI picks an experiment's landing
+    # page from its GenAI / Model training switch (default GenAI), so the README's link sets it.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    browser.get(f"{mlflow_server}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning")
+    text = wait_for_text(browser, "untuned", "tuned", "promote", "Dataset")
     assert "/runs" in browser.current_url  # the runs table, not MLflow 3's GenAI overview of traces
-    data_version = untuned.data.tags["data_version"]
-    assert data_version in text  # the Datasets column names the data each run read
-    assert "train" in text and "test" in text  # ... and in which role
+    train_input = next(i.dataset for i in untuned.inputs.dataset_inputs
+                       if any(t.key == "mlflow.data.context" and t.value == "train" for t in i.tags))
+    assert train_input.name == untuned.data.tags["data_version"]
+    assert f"{train_input.name} ({train_input.digest})" in text  # the Datasets column: which data, which digest
     browser.save_screenshot(str(shots / "mlflow_ui_experiment.png"))
+
+    browser.get(f"{mlflow_server}/#/experiments")  # chosen once, "Model training" sticks
+    click_text(browser, "Model training")
+    time.sleep(1)
+    browser.get(f"{mlflow_server}/#/experiments/{experiment.experiment_id}")  # a plain link, no parameter
+    WebDriverWait(browser, 60).until(lambda d: f"/experiments/{experiment.experiment_id}/runs" in d.current_url)
+    wait_for_text(browser, "untuned", "promote")
 
     browser.get(f"{mlflow_server}/#/models/nucseg-unet")
     wait_for_text(browser, "nucseg-unet", "champion", "challenger")
