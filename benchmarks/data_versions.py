@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +100,8 @@ def main() -> None:
         summary = summarize(evaluate_model(model, test, params, desc=f"data {label} model on v2 test")[0])
         run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
         if label == "v1":
-            with mlflow.start_run(run_id=run_id):
+            with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
                 mlflow.set_tags({"mlflow.runName": "untuned (data v1)", "compare": "data_versions"})
                 mlflow.log_input(datasets.split_dataset(split, "test", params["prepare"], v2_md5,
                                                         datasets.default_remote(ROOT)), context="test")
