@@ -28,7 +28,7 @@ def main() -> None:
         import keras
 
         from nucseg.config import load_params
-        from nucseg.evaluate import evaluate_model, load_split_samples, summarize
+        from nucseg.core.evaluation import evaluate_model, load_split_samples, summarize
 
         model = keras.saving.load_model("models/untuned/model.keras", compile=False)
         for split in ("val", "test"):

@@ -68,8 +68,10 @@ def main() -> None:
     import pandas as pd
     from tqdm import tqdm
 
-    from nucseg import config, datasets, io, prepare, tracking, train
-    from nucseg.evaluate import evaluate_model, load_split_samples, summarize
+    from nucseg import config, io
+    from nucseg.mlops import datasets, tracking
+    from nucseg.stages import prepare, train
+    from nucseg.core.evaluation import evaluate_model, load_split_samples, summarize
 
     import keras
 

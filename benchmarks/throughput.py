@@ -17,11 +17,11 @@ from nucseg.config import load_params
 
 import keras  # noqa: E402  (after nucseg.config set the backend)
 
-from nucseg.augment import AugmentConfig  # noqa: E402
-from nucseg.data import CropDataset, load_samples  # noqa: E402
-from nucseg.evaluate import INFERENCE_MULTIPLE, segment  # noqa: E402
-from nucseg.infer import predict_maps  # noqa: E402
-from nucseg.train import build_model  # noqa: E402
+from nucseg.core.augment import AugmentConfig  # noqa: E402
+from nucseg.core.data import CropDataset, load_samples  # noqa: E402
+from nucseg.core.evaluation import INFERENCE_MULTIPLE, segment  # noqa: E402
+from nucseg.core.infer import predict_maps  # noqa: E402
+from nucseg.core.training import build_model  # noqa: E402
 
 
 def training_throughput(params: dict, samples: list[dict], steps: int) -> float:

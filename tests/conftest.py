@@ -60,7 +60,7 @@ def write_synthetic_prepared(folder: Path, n_images: int = 6, size: int = 64, se
     from skimage.draw import disk
 
     from nucseg import io
-    from nucseg.prepare import targets_from_labels
+    from nucseg.core.targets import targets_from_labels
 
     rng = np.random.default_rng(seed)
     rows = []

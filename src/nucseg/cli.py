@@ -20,7 +20,8 @@ def _fail(message: str) -> None:
 
 def _run_stage(label: str, stage_run, params: Path, *expected: type[Exception]) -> None:
     """Run a stage on the params file; known failures become one red line and exit status 1."""
-    from nucseg import io, tracking
+    from nucseg import io
+    from nucseg.mlops import tracking
 
     try:
         result = stage_run(config.load_params(params))
@@ -32,7 +33,7 @@ def _run_stage(label: str, stage_run, params: Path, *expected: type[Exception]) 
 @app.command()
 def validate(params: Path = PARAMS) -> None:
     """Build the data manifest and check it with the Great Expectations suite."""
-    from nucseg import validate as stage
+    from nucseg.stages import validate as stage
 
     _run_stage("data summary", stage.run, params, stage.ValidationFailed)
 
@@ -40,7 +41,7 @@ def validate(params: Path = PARAMS) -> None:
 @app.command()
 def modality(params: Path = PARAMS) -> None:
     """Cluster images into fluorescence / brightfield / histology with k-means."""
-    from nucseg import modality as stage
+    from nucseg.stages import modality as stage
 
     _run_stage("modality counts", stage.run, params)
 
@@ -48,7 +49,7 @@ def modality(params: Path = PARAMS) -> None:
 @app.command()
 def split(params: Path = PARAMS) -> None:
     """Group tiles of one picture; split pictures into train / val / test, stratified by modality."""
-    from nucseg import split as stage
+    from nucseg.stages import split as stage
 
     _run_stage("split", stage.run, params, ValueError)
 
@@ -56,7 +57,7 @@ def split(params: Path = PARAMS) -> None:
 @app.command()
 def prepare(params: Path = PARAMS) -> None:
     """Instance labels, training targets and normalised images."""
-    from nucseg import prepare as stage
+    from nucseg.stages import prepare as stage
 
     _run_stage("prepared", stage.run, params)
 
@@ -64,7 +65,7 @@ def prepare(params: Path = PARAMS) -> None:
 @app.command()
 def train(params: Path = PARAMS) -> None:
     """Train the untuned U-Net (resumes an interrupted run) and log it to MLflow."""
-    from nucseg import train as stage
+    from nucseg.stages import train as stage
 
     _run_stage("trained", stage.run, params)
 
@@ -72,7 +73,7 @@ def train(params: Path = PARAMS) -> None:
 @app.command()
 def evaluate(params: Path = PARAMS) -> None:
     """DSB metric, pixel IoU and Dice of the untuned model on the val and test splits."""
-    from nucseg import evaluate as stage
+    from nucseg.stages import evaluate as stage
 
     _run_stage("evaluation", stage.run, params)
 
@@ -80,7 +81,7 @@ def evaluate(params: Path = PARAMS) -> None:
 @app.command()
 def tune(params: Path = PARAMS) -> None:
     """Keras Tuner search (each trial a nested MLflow run); the best configuration becomes the tuned model."""
-    from nucseg import tune as stage
+    from nucseg.stages import tune as stage
 
     _run_stage("tuned", stage.run, params)
 
@@ -88,9 +89,10 @@ def tune(params: Path = PARAMS) -> None:
 @app.command()
 def promote(params: Path = PARAMS) -> None:
     """Register untuned and tuned models; alias `champion` to the better by test DSB, `challenger` to the other."""
-    from nucseg import registry
+    from nucseg.mlops.registry import PromotionError
+    from nucseg.stages import promote as stage
 
-    _run_stage("promotion", registry.run, params, registry.PromotionError)
+    _run_stage("promotion", stage.run, params, PromotionError)
 
 
 @app.command()
@@ -101,8 +103,8 @@ def score(
     params: Path = PARAMS,
 ) -> None:
     """Segment every image of a folder with the registry's champion (or --model-uri)."""
-    from nucseg import score as stage
-    from nucseg import tracking
+    from nucseg.mlops import tracking
+    from nucseg.stages import score as stage
 
     loaded = config.load_params(params)
     try:
@@ -124,8 +126,9 @@ def predict(
     params: Path = PARAMS,
 ) -> None:
     """Segment one image: print its nucleus count, write its label and overlay files."""
-    from nucseg import io, tracking
-    from nucseg import score as stage
+    from nucseg import io
+    from nucseg.mlops import tracking
+    from nucseg.stages import score as stage
 
     loaded = config.load_params(params)
     try:

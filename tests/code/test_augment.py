@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from nucseg.augment import AugmentConfig, sample_crop
+from nucseg.core.augment import AugmentConfig, sample_crop
 
 STRONG = AugmentConfig(
     flip=True, rot90=True, rotate_degrees=30, shear=0.2, scale_min=0.7, scale_max=1.4,

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from nucseg.augment import AugmentConfig
-from nucseg.data import CropDataset, load_samples, validation_crops
+from nucseg.core.augment import AugmentConfig
+from nucseg.core.data import CropDataset, load_samples, validation_crops
 
 AUGMENT = AugmentConfig(flip=True, rot90=True, rotate_degrees=20, shear=0.1, scale_min=0.8, scale_max=1.25,
                         brightness=0.1, contrast=0.2)

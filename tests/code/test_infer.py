@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from nucseg.infer import predict_maps
-from nucseg.unet import build_unet, required_multiple
+from nucseg.core.infer import predict_maps
+from nucseg.core.unet import build_unet, required_multiple
 
 MULTIPLE = required_multiple(2)  # depth-2 U-Net
 

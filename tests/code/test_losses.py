@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from nucseg.losses import BCEDiceLoss, PixelDice, PixelIoU, bce_dice_loss
+from nucseg.core.losses import BCEDiceLoss, PixelDice, PixelIoU, bce_dice_loss
 
 
 def _maps(*channels):

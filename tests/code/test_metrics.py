@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from nucseg.metrics import (
+from nucseg.core.metrics import (
     THRESHOLDS,
     dsb_score,
     dsb_scores_per_threshold,

@@ -3,8 +3,8 @@ import pytest
 from skimage.draw import disk
 from skimage.segmentation import find_boundaries
 
-from nucseg.metrics import iou_matrix
-from nucseg.postprocess import fill_label_holes, labels_from_maps
+from nucseg.core.metrics import iou_matrix
+from nucseg.core.postprocess import fill_label_holes, labels_from_maps
 
 
 def touching_disks() -> np.ndarray:

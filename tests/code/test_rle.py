@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from nucseg.rle import labels_to_rles, rle_decode, rle_encode, submission_rows
+from nucseg.core.rle import labels_to_rles, rle_decode, rle_encode, submission_rows
 
 # 3x4 image, pixels numbered column-major from 1:
 #   1 4 7 10

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from nucseg import tracking
+from nucseg.mlops import tracking
 
 
 def unused_port() -> int:

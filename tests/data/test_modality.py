@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 from skimage.draw import disk
 
-from nucseg import io, modality
-from nucseg.modality import FEATURES, fit, image_features, log_saturation, name_clusters, predict
+from nucseg import io
+from nucseg.core import modality
+from nucseg.stages import modality as modality_stage
+from nucseg.core.modality import FEATURES, fit, image_features, log_saturation, name_clusters, predict
 
 KINDS = ("fluorescence", "brightfield", "histology")
 
@@ -224,7 +226,7 @@ def test_run_writes_table_model_grid_and_counts(params, tmp_path):
 
     params["modality"].update(n_clusters=3, thumb_size=32, examples_per_cluster=3, seed=42)
     out = {name: tmp_path / "out" / name for name in ("modality.csv", "model.json", "grid.png", "counts.json")}
-    counts = modality.run(params, manifest_path=manifest_path, table_path=out["modality.csv"],
+    counts = modality_stage.run(params, manifest_path=manifest_path, table_path=out["modality.csv"],
                           model_path=out["model.json"], grid_path=out["grid.png"], counts_path=out["counts.json"])
 
     table = pd.read_csv(out["modality.csv"])

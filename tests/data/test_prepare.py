@@ -7,13 +7,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 import tifffile
 from skimage.draw import disk
 
-from nucseg import io, prepare
-from nucseg.prepare import labels_from_masks, resize_sample, targets_from_labels
+from nucseg import io
+from nucseg.stages import prepare
+from nucseg.core.targets import labels_from_masks, resize_sample, targets_from_labels
 
 
 def disk_mask(shape, center, radius) -> np.ndarray:
@@ -284,7 +284,7 @@ def test_prepare_sample_with_resize(params, tmp_path):
 # ---- the whole stage on real images ----
 
 def test_run_on_real_slice(params, real_slice, tmp_path):
-    from nucseg.validate import build_manifest
+    from nucseg.stages.validate import build_manifest
 
     manifest = build_manifest(real_slice)
     manifest_path = tmp_path / "manifest.csv"
@@ -318,7 +318,7 @@ def test_run_on_real_slice(params, real_slice, tmp_path):
 
 def test_run_skips_test_images(params, real_slice, tmp_path):
     """Only training rows are prepared (test images have no masks)."""
-    from nucseg.validate import build_manifest
+    from nucseg.stages.validate import build_manifest
 
     manifest = build_manifest(real_slice)
     manifest.loc[manifest.index[-1], "split"] = "test"

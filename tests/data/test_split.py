@@ -10,7 +10,9 @@ import pytest
 from skimage.draw import disk
 from skimage.filters import gaussian
 
-from nucseg import io, split, tiles
+from nucseg import io
+from nucseg.core import tiles
+from nucseg.stages import split
 
 
 def picture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

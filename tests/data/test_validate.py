@@ -12,7 +12,7 @@ import tifffile
 from typer.testing import CliRunner
 
 from nucseg import io
-from nucseg.validate import ValidationFailed, build_manifest, run
+from nucseg.stages.validate import ValidationFailed, build_manifest, run
 
 
 def run_validate(params, train_dir: Path, tmp_path: Path):

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from nucseg import datasets, tracking
+from nucseg.mlops import datasets, tracking
 
 
 def split_table() -> pd.DataFrame:

@@ -81,7 +81,7 @@ def use_store(project: Path) -> None:
 def test_pipeline_ends_with_champion_and_submission(pipeline):
     import mlflow
 
-    from nucseg.rle import rle_decode
+    from nucseg.core.rle import rle_decode
 
     use_store(pipeline)
     client = mlflow.MlflowClient()

@@ -14,9 +14,12 @@ import pandas as pd
 import pytest
 from skimage.draw import disk
 
-from nucseg import config, io, registry, train
-from nucseg.prepare import targets_from_labels
-from nucseg.unet import build_unet
+from nucseg import config, io
+from nucseg.mlops import registry
+from nucseg.mlops.logged_models import log_keras_model
+from nucseg.stages import promote as promote_stage
+from nucseg.core.targets import targets_from_labels
+from nucseg.core.unet import build_unet
 
 NAME = config.REGISTERED_MODEL
 
@@ -96,7 +99,7 @@ def _log(model, val_losses: list[float]) -> dict[str, str]:
     with mlflow.start_run() as active:
         for step, value in enumerate(val_losses):
             mlflow.log_metric("val_loss", value, step=step)
-        return {"run_id": active.info.run_id, "model_uri": train.log_keras_model(model)}
+        return {"run_id": active.info.run_id, "model_uri": log_keras_model(model)}
 
 
 @dataclass
@@ -118,7 +121,7 @@ def world(tmp_path_factory):
         # log_model infers pip requirements by loading the model in a fresh Python (~10 s each on
         # two busy cores); cut short, MLflow falls back to its default Keras requirements.
         patch.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "1")
-        from nucseg import tracking
+        from nucseg.mlops import tracking
 
         tracking.setup()
         split, samples = _bright_disk_images(root)
@@ -137,7 +140,7 @@ def promote(world, params, tmp_path):
     def _promote(untuned: dict, tuned: dict) -> dict:
         for kind, info in (("untuned", untuned), ("tuned", tuned)):
             io.write_json(tmp_path / kind / "run.json", info)
-        return registry.run(params, candidates={"untuned": tmp_path / "untuned", "tuned": tmp_path / "tuned"},
+        return promote_stage.run(params, candidates={"untuned": tmp_path / "untuned", "tuned": tmp_path / "tuned"},
                             split_path=world.split, samples_dir=world.samples,
                             metrics_path=tmp_path / "reports" / "promotion.json",
                             report_path=tmp_path / "reports" / "promotion.md")
@@ -212,6 +215,6 @@ def test_failed_promotion_leaves_the_champion_where_it_was(world, promote, tmp_p
 
     (tmp_path / "tuned" / "run.json").unlink()
     with pytest.raises(registry.PromotionError, match=re.escape(str(tmp_path / "tuned" / "run.json"))):
-        registry.run({}, candidates={"untuned": tmp_path / "untuned", "tuned": tmp_path / "tuned"})
+        promote_stage.run({}, candidates={"untuned": tmp_path / "untuned", "tuned": tmp_path / "tuned"})
     assert _aliases() == before
     assert len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'")) == count

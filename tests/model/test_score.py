@@ -20,7 +20,9 @@ import yaml
 from skimage.draw import disk
 from typer.testing import CliRunner
 
-from nucseg import config, io, modality, rle, score
+from nucseg import config, io
+from nucseg.core import modality, rle
+from nucseg.stages import score
 from nucseg.cli import app
 
 CHAMPION = "models:/nucseg-unet@champion"
@@ -34,7 +36,7 @@ def _brightness_unet():
 
     enc0 carries the mean intensity in channel 0 to skip0; up0 is zeroed so the concatenation
     holds it at index 4 (4 up-channels come first); dec0 passes it on to the logits."""
-    from nucseg.unet import build_unet
+    from nucseg.core.unet import build_unet
 
     model = build_unet(depth=2, base_filters=4, dropout=0.0, batchnorm=False)
 
@@ -61,7 +63,8 @@ def registry(tmp_path_factory):
     """A sqlite MLflow store whose `nucseg-unet` version 1 carries the alias `champion`."""
     import mlflow
 
-    from nucseg import tracking, train
+    from nucseg.mlops import tracking
+    from nucseg.mlops.logged_models import log_keras_model
 
     root = tmp_path_factory.mktemp("mlflow")
     with pytest.MonkeyPatch.context() as mp:
@@ -69,7 +72,7 @@ def registry(tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
         tracking.setup()
         with mlflow.start_run() as active:
-            model_uri = train.log_keras_model(_brightness_unet())
+            model_uri = log_keras_model(_brightness_unet())
         version = mlflow.register_model(model_uri, config.REGISTERED_MODEL).version
         mlflow.MlflowClient().set_registered_model_alias(config.REGISTERED_MODEL, "champion", version)
         yield {"root": root, "run_id": active.info.run_id, "version": str(version)}

@@ -8,7 +8,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from nucseg import train
+from nucseg.mlops.logged_models import MlflowLive
+from nucseg.stages import train
 
 
 def run_train(params, prepared, out):
@@ -40,20 +41,20 @@ def test_train_logs_run_and_model_loads_back_identically(tiny_params, synthetic_
 def test_interrupted_training_resumes_in_the_same_run(tiny_params, synthetic_prepared, mlflow_store, tmp_path,
                                                       monkeypatch):
     tiny_params["train"]["epochs"] = 3
-    original = train.MlflowLive.on_epoch_end
+    original = MlflowLive.on_epoch_end
 
     def crash_in_second_epoch(self, epoch, logs=None):
         if epoch == 1:
             raise KeyboardInterrupt("simulated interruption")
         original(self, epoch, logs)
 
-    monkeypatch.setattr(train.MlflowLive, "on_epoch_end", crash_in_second_epoch)
+    monkeypatch.setattr(MlflowLive, "on_epoch_end", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         run_train(tiny_params, synthetic_prepared, tmp_path)
     state = json.loads((tmp_path / "models" / "state.json").read_text())
     assert state["epoch"] == 0 and (tmp_path / "models" / "last.keras").exists()
 
-    monkeypatch.setattr(train.MlflowLive, "on_epoch_end", original)
+    monkeypatch.setattr(MlflowLive, "on_epoch_end", original)
     metrics = run_train(tiny_params, synthetic_prepared, tmp_path)
     info = json.loads((tmp_path / "models" / "run.json").read_text())
     assert info["run_id"] == state["run_id"]

@@ -14,7 +14,9 @@ import pytest
 from skimage.draw import disk
 from skimage.segmentation import find_boundaries
 
-from nucseg import config, train, tune
+from nucseg import config
+from nucseg.mlops.logged_models import MlflowLive
+from nucseg.stages import tune
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACE_NAMES = ("base_filters", "depth", "dropout", "learning_rate", "bce_weight", "dice_weight")
@@ -87,7 +89,7 @@ def search(tmp_path_factory):
     params = tiny_params()
     with pytest.MonkeyPatch.context() as mp:
         uri = isolate(mp, root)
-        original = train.MlflowLive.on_epoch_end
+        original = MlflowLive.on_epoch_end
 
         def interrupt_second_trial(self, epoch, logs=None):
             original(self, epoch, logs)
@@ -95,7 +97,7 @@ def search(tmp_path_factory):
                 raise KeyboardInterrupt("simulated Ctrl-C in the second trial")
 
         with pytest.MonkeyPatch.context() as crash:
-            crash.setattr(train.MlflowLive, "on_epoch_end", interrupt_second_trial)
+            crash.setattr(MlflowLive, "on_epoch_end", interrupt_second_trial)
             with pytest.raises(KeyboardInterrupt):
                 run_tune(params, root)
         state = json.loads((root / "models" / "tuner" / tune.STATE_FILE).read_text())
@@ -165,5 +167,5 @@ def test_spent_budget_stops_after_one_trial_and_retrains_the_best(tmp_path, monk
     assert metrics["trials"] == 1 and len(pd.read_csv(tmp_path / "reports" / "tune_trials.csv")) == 1
     info = json.loads((tmp_path / "models" / "tuned" / "run.json").read_text())
     artifacts = {a.path for a in client(uri).list_artifacts(info["run_id"], "plots")}
-    assert "plots/history.csv" in artifacts  # retrained with train.fit
+    assert "plots/history.csv" in artifacts  # retrained with core.training.fit
     assert [m.step for m in client(uri).get_metric_history(info["run_id"], "val_loss")] == [0]

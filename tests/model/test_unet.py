@@ -6,8 +6,8 @@ import pytest
 from skimage.draw import disk
 from skimage.segmentation import find_boundaries
 
-from nucseg.losses import BCEDiceLoss, PixelDice, PixelIoU, bce_dice_loss
-from nucseg.unet import build_unet, required_multiple
+from nucseg.core.losses import BCEDiceLoss, PixelDice, PixelIoU, bce_dice_loss
+from nucseg.core.unet import build_unet, required_multiple
 
 
 def _synthetic_nuclei(count: int = 16, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Stage `modality`: k-means on colour/intensity features groups images by imaging modality.
+"""Imaging modality from colour and intensity: features, k-means and cluster names.
 
 DSB2018 mixes fluorescence (bright nuclei on black), brightfield (dark nuclei on a light grey
 background) and H&E histology (purple nuclei on pink tissue). Clusters are named from their
@@ -9,18 +9,13 @@ scoring can assign a modality to new images.
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-import pandas as pd
-from tqdm import tqdm
 
 from nucseg import io
-from nucseg.config import get_logger
 
-log = get_logger("nucseg.modality")
 
 # Background level separates dark-field fluorescence from light-field images; log-saturation
 # separates stained (H&E) from grey brightfield, whose saturation is exactly zero.
@@ -93,36 +88,3 @@ def example_grid(groups: dict[str, list[np.ndarray]], thumb: int) -> np.ndarray:
                 tile, (thumb, thumb), interpolation=cv2.INTER_AREA)
         cv2.putText(grid, name, (3, row * thumb + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1, cv2.LINE_AA)
     return grid
-
-
-def run(params: dict[str, Any], manifest_path: str | Path = "artifacts/manifest.csv",
-        table_path: str | Path = "artifacts/modality.csv", model_path: str | Path = "artifacts/modality_model.json",
-        grid_path: str | Path = "reports/modality_examples.png",
-        counts_path: str | Path = "reports/modality_counts.json") -> dict[str, dict[str, int]]:
-    cfg = params["modality"]
-    manifest = pd.read_csv(manifest_path)
-    images = {row.id: io.read_image(row.image_path)
-              for row in tqdm(manifest.itertuples(), total=len(manifest), desc="modality: features", unit="image")}
-    features = np.stack([image_features(images[i]) for i in manifest["id"]])
-    is_train = (manifest["split"] == "train").to_numpy()
-    model = fit(features[is_train], int(cfg["n_clusters"]), int(cfg["seed"]))
-    table = manifest[["id", "split"]].copy()
-    table["modality"] = predict(model, features)
-    for j, name in enumerate(FEATURES):
-        table[name] = features[:, j].round(5)
-
-    rng = np.random.default_rng(int(cfg["seed"]))
-    groups = {}
-    for name in model["names"]:
-        ids = table.loc[is_train & (table["modality"] == name).to_numpy(), "id"].to_numpy()
-        chosen = rng.choice(ids, size=min(len(ids), int(cfg["examples_per_cluster"])), replace=False)
-        groups[name] = [images[i] for i in chosen]
-    counts = {split: {name: int(n) for name, n in part["modality"].value_counts().sort_index().items()}
-              for split, part in table.groupby("split")}
-
-    io.write_csv(table_path, table)
-    io.write_json(model_path, model)
-    io.write_png(grid_path, example_grid(groups, int(cfg["thumb_size"])))
-    io.write_json(counts_path, counts)
-    log.info("modality counts per split: %s", counts)
-    return counts

@@ -18,7 +18,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nucseg import evaluate, io, modality, rle, tracking
+from nucseg import io
+from nucseg.core import modality, rle
+from nucseg.core.evaluation import segment
+from nucseg.core.overlay import draw_outlines
+from nucseg.mlops import tracking
 from nucseg.config import get_logger
 
 log = get_logger("nucseg.score")
@@ -98,8 +102,8 @@ def segment_image(model, image: np.ndarray, params: dict[str, Any]) -> tuple[np.
     """
     prep = params["prepare"]
     normalised = io.normalize_image(image, float(prep["normalize_low"]), float(prep["normalize_high"]))
-    labels, _ = evaluate.segment(model, normalised, params)
-    overlay = evaluate.draw_outlines(np.round(normalised * 255).astype(np.uint8), labels)
+    labels, _ = segment(model, normalised, params)
+    overlay = draw_outlines(np.round(normalised * 255).astype(np.uint8), labels)
     return labels.astype(np.uint16), overlay
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from nucseg import datasets, io, tracking, train
+from nucseg import io
 from nucseg.config import get_logger
 
 log = get_logger("nucseg.tune")
@@ -44,8 +44,11 @@ import keras  # noqa: E402 - after config has set the backend
 import keras_tuner as kt  # noqa: E402
 from keras_tuner.engine.trial import TrialStatus  # noqa: E402
 
-from nucseg.augment import AugmentConfig  # noqa: E402
-from nucseg.data import CropDataset, validation_crops  # noqa: E402
+from nucseg.core import training  # noqa: E402
+from nucseg.core.augment import AugmentConfig  # noqa: E402
+from nucseg.core.data import CropDataset, validation_crops  # noqa: E402
+from nucseg.mlops import datasets, tracking  # noqa: E402
+from nucseg.mlops.logged_models import MlflowLive, log_keras_model  # noqa: E402
 
 # Tunable name -> the params section whose value it replaces.
 SECTIONS = {"base_filters": "model", "depth": "model", "dropout": "model",
@@ -94,7 +97,7 @@ def build_hypermodel(hp: kt.HyperParameters, params: dict[str, Any]) -> keras.Mo
     of the same architecture start from the same weights and differ only by their values."""
     tuned = merged_params(params, declare_space(hp, params["tune"]["space"]))
     keras.utils.set_random_seed(int(params["train"]["seed"]))
-    return train.build_model(tuned["model"], tuned["train"])
+    return training.build_model(tuned["model"], tuned["train"])
 
 
 class UNetHyperModel(kt.HyperModel):
@@ -148,7 +151,7 @@ class MlflowTrialMixin:
         self.trials_run += 1
         values = trial.hyperparameters.values
         log.info("tune: trial %s running (#%d this session): %s", trial.trial_id, self.trials_run, values)
-        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), train.MlflowLive()]
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), MlflowLive()]
         with mlflow.start_run(nested=True, run_name=f"trial-{trial.trial_id}"):
             mlflow.set_tags({"stage": "tune", "trial_id": trial.trial_id})
             mlflow.log_params(values)
@@ -300,10 +303,11 @@ def retrain(tuned: dict[str, Any], samples: tuple[list, list], model_dir: Path, 
     tuned = copy.deepcopy(tuned)
     tuned["train"]["max_minutes"] = float(tuned["tune"]["final_max_minutes"])
     keras.utils.set_random_seed(int(tuned["train"]["seed"]))
-    model = train.build_model(tuned["model"], tuned["train"])
-    history = train.fit(model, *samples, tuned, model_dir, run_id, epochs=int(tuned["tune"]["final_epochs"]))
+    model = training.build_model(tuned["model"], tuned["train"])
+    history = training.fit(model, *samples, tuned, model_dir, run_id, epochs=int(tuned["tune"]["final_epochs"]),
+                            extra_callbacks=[MlflowLive()])
     figure = model_dir / "training_curves.png"
-    train.curves_figure(history, figure)
+    training.curves_figure(history, figure)
     mlflow.log_artifact(str(figure), "plots")
     mlflow.log_artifact(str(model_dir / "history.csv"), "plots")
     (model_dir / "last.keras").unlink(missing_ok=True)
@@ -344,7 +348,7 @@ def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tupl
             model = load_trial_model(tuner, best)
             mlflow.log_metrics(metrics)
         model.save(model_dir / "model.keras")
-        model_uri = train.log_keras_model(model)
+        model_uri = log_keras_model(model)
         io.write_json(model_dir / "run.json",
                       {"run_id": active.info.run_id, "model_uri": model_uri, "hyperparameters": values})
 
@@ -358,7 +362,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
     started = time.monotonic()
     tuner_dir, model_dir = Path(tuner_dir), Path(model_dir)
     tracking.setup()
-    samples = train.split_samples(split_path, samples_dir)
+    samples = training.split_samples(split_path, samples_dir)
     settings = search_settings(params)
     resume, parent_id = saved_search(tuner_dir, settings)
     tuner = make_tuner(params, tuner_dir, overwrite=not resume,

@@ -11,7 +11,7 @@ from tqdm import tqdm
 import nucseg.config  # noqa: F401 - backend and log-level defaults must be set before keras loads
 import keras
 
-from nucseg.augment import AugmentConfig, sample_crop
+from nucseg.core.augment import AugmentConfig, sample_crop
 
 
 def _load_sample(path: Path) -> dict[str, Any]:

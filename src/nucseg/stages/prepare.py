@@ -1,60 +1,20 @@
-"""Stage `prepare`: instance labels, training targets and normalised images.
-
-Touching nuclei merge in a plain foreground mask, so next to the foreground the model learns a
-`border` target: a thin inner ring of every nucleus, widest where two nuclei meet. Seeds taken
-inside the rings are then grown back by watershed (see `postprocess`).
-"""
+"""Stage `prepare`: instance labels, training targets and normalised images of every training
+image, one npz each (see `core.targets` for the targets)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
-from skimage.morphology import dilation, disk
-from skimage.segmentation import find_boundaries
 from tqdm import tqdm
 
 from nucseg import io
 from nucseg.config import get_logger
+from nucseg.core.targets import labels_from_masks, resize_sample, targets_from_labels
 
 log = get_logger("nucseg.prepare")
-
-
-def labels_from_masks(masks: list[np.ndarray]) -> np.ndarray:
-    """uint16 instance labels, 1..N in the given order.
-
-    A pixel claimed by several masks (data v2 has a few 1-2 px overlaps, tolerated by
-    `validate`) goes to the smallest of them, the earlier one on a tie: a pixel matters more
-    to a small nucleus, and the result does not depend on anything but the masks.
-    """
-    if not masks:
-        raise ValueError("no masks to combine")
-    labels = np.zeros(masks[0].shape, np.uint16)
-    areas = [int(mask.sum()) for mask in masks]
-    for index in sorted(range(len(masks)), key=lambda k: (-areas[k], -k)):  # smallest, then earliest, paints last
-        labels[masks[index]] = index + 1
-    return labels
-
-
-def targets_from_labels(labels: np.ndarray, border_width: int = 2) -> np.ndarray:
-    """uint8 HxWx2: foreground, and an inner border ring `border_width` pixels wide."""
-    foreground = labels > 0
-    border = find_boundaries(labels, mode="inner")
-    if border_width > 1:
-        border = dilation(border, disk(border_width - 1))
-    return np.stack([foreground, border & foreground], axis=-1).astype(np.uint8)
-
-
-def resize_sample(image: np.ndarray, labels: np.ndarray, longest_side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rescale so the longer side is `longest_side`; labels by nearest neighbour."""
-    height, width = labels.shape
-    factor = longest_side / max(height, width)
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR),
-            cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST))
 
 
 def prepare_sample(image_path: Path, masks_dir: Path, cfg: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -17,7 +17,8 @@ from typing import Any
 import pandas as pd
 from mlflow.data.dataset_source import DatasetSource
 
-from nucseg import config, tracking
+from nucseg import config
+from nucseg.mlops import tracking
 
 DATASET_COLUMNS = ["id", "group", "split", "modality", "height", "width"]
 

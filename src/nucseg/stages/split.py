@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nucseg import io, tiles
+from nucseg import io
+from nucseg.core import tiles
 from nucseg.config import get_logger
 
 log = get_logger("nucseg.split")

@@ -1,31 +1,28 @@
-"""Stage `train`: the untuned U-Net, tracked in MLflow, resumable after an interruption.
+"""Training machinery shared by the `train` and `tune` stages: model, callbacks, the fit loop.
 
 Every epoch writes `last.keras` and `state.json`; a rerun after a crash or Ctrl-C reloads them
-(optimizer state included), continues at the next epoch with the same data stream, and keeps
-logging into the same MLflow run.
+(optimizer state included) and continues at the next epoch with the same data stream.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from nucseg import config, datasets, io, tracking
+from nucseg import io
 from nucseg.config import get_logger
 
 log = get_logger("nucseg.train")
 
 import keras  # noqa: E402 - after config has set the backend
 
-from nucseg.augment import AugmentConfig  # noqa: E402
-from nucseg.data import CropDataset, load_samples, validation_crops  # noqa: E402
-from nucseg.losses import PixelDice, PixelIoU, bce_dice_loss  # noqa: E402
-from nucseg.unet import build_unet  # noqa: E402
+from nucseg.core.augment import AugmentConfig  # noqa: E402
+from nucseg.core.data import CropDataset, load_samples, validation_crops  # noqa: E402
+from nucseg.core.losses import PixelDice, PixelIoU, bce_dice_loss  # noqa: E402
+from nucseg.core.unet import build_unet  # noqa: E402
 
 
 def build_model(model_cfg: dict[str, Any], train_cfg: dict[str, Any]) -> keras.Model:
@@ -64,17 +61,6 @@ class TimeBudget(keras.callbacks.Callback):
             self.exhausted = True
             self.model.stop_training = True
             log.info("time budget spent after epoch %d; stopping", epoch + 1)
-
-
-class MlflowLive(keras.callbacks.Callback):
-    """Per-epoch metrics to the active MLflow run, so the UI shows curves while it trains."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        import mlflow
-
-        logs = dict(logs or {})
-        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
 
 
 class EpochState(keras.callbacks.Callback):
@@ -130,89 +116,9 @@ def fit(model: keras.Model, train: list[dict], val: list[dict], params: dict[str
                                           patience=int(cfg["reduce_lr_patience"]), min_lr=1e-5),
         keras.callbacks.CSVLogger(history_csv, append=initial_epoch > 0),
         TimeBudget(float(cfg["max_minutes"])),
-        MlflowLive(),
+        *extra_callbacks,  # before the epoch state: an epoch counts as done only once they ran
         EpochState(model_dir, run_id),
-        *extra_callbacks,
     ]
     model.fit(dataset, validation_data=(x_val, y_val), batch_size=int(cfg["batch_size"]),
               epochs=int(epochs or cfg["epochs"]), initial_epoch=initial_epoch, callbacks=callbacks, verbose=2)
     return pd.read_csv(history_csv)
-
-
-def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
-        samples_dir: str | Path = "artifacts/prepared", model_dir: str | Path = "models/untuned",
-        metrics_path: str | Path = "reports/train_metrics.json",
-        history_path: str | Path = "reports/train_history.csv") -> dict[str, Any]:
-    import mlflow
-
-    cfg = params["train"]
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(int(cfg["seed"]))
-    tracking.setup()
-    train, val = split_samples(split_path, samples_dir)
-
-    state_file = model_dir / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() and (model_dir / "last.keras").exists() else None
-    if state:
-        model = keras.saving.load_model(model_dir / "last.keras")
-        initial_epoch = state["epoch"] + 1
-        log.info("resuming MLflow run %s at epoch %d from %s", state["run_id"], initial_epoch + 1, model_dir / "last.keras")
-    else:
-        model, initial_epoch = build_model(params["model"], cfg), 0
-    started = time.monotonic()
-    with mlflow.start_run(run_id=state["run_id"] if state else None, run_name=None if state else "untuned") as active:
-        if not state:
-            mlflow.set_tags({"stage": "train", "model_kind": "untuned", **tracking.lineage_tags()})
-            mlflow.log_params(tracking.flatten({k: params[k] for k in ("model", "train", "augment", "prepare")}))
-            datasets.log_split_inputs(split_path, ("train", "val"), params)
-        history = fit(model, train, val, params, model_dir, active.info.run_id, initial_epoch=initial_epoch)
-        if (model_dir / "best.keras").exists():
-            model = keras.saving.load_model(model_dir / "best.keras")
-        model.save(model_dir / "model.keras")
-        figure = model_dir / "training_curves.png"
-        curves_figure(history, figure)
-        mlflow.log_artifact(str(figure), "plots")
-        mlflow.log_artifact(str(model_dir / "history.csv"), "plots")
-        model_uri = log_keras_model(model)
-        best = history.loc[history["val_loss"].idxmin()]
-        metrics = {"epochs": int(len(history)), "best_epoch": int(best["epoch"]) + 1,
-                   "val_loss": round(float(best["val_loss"]), 5), "val_iou": round(float(best["val_iou"]), 5),
-                   "val_dice": round(float(best["val_dice"]), 5),
-                   "minutes_this_session": round((time.monotonic() - started) / 60, 2),
-                   "crops_per_second": round((len(history) - initial_epoch) * int(cfg["steps_per_epoch"])
-                                             * int(cfg["batch_size"]) / max(time.monotonic() - started, 1e-9), 2)}
-        io.write_json(model_dir / "run.json", {"run_id": active.info.run_id, "model_uri": model_uri})
-    io.write_json(metrics_path, metrics)
-    io.write_csv(history_path, history)
-    (model_dir / "last.keras").unlink(missing_ok=True)
-    state_file.unlink(missing_ok=True)
-    log.info("trained: %s", metrics)
-    return metrics
-
-
-def log_keras_model(model: keras.Model, name: str = "model") -> str:
-    """Log an uncompiled copy (loading it then needs none of our custom losses/metrics) with a
-    signature that admits any image size; returns the logged model's URI."""
-    import mlflow
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    plain = keras.Model(model.inputs, model.outputs)
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, 3), "image")]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, 2), "maps")]))
-    return mlflow.keras.log_model(plain, name=name, signature=signature,
-                                  pip_requirements=serving_requirements()).model_uri
-
-
-def serving_requirements() -> list[str]:
-    """Pins of what loading the model needs; stating them skips MLflow's slow inference of them."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for package in ("mlflow", "keras", "tensorflow-cpu", "tensorflow", "jax", "numpy"):
-        try:
-            pins.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
-            continue
-    return pins

@@ -1,0 +1,1 @@
+"""The MLflow side: where runs go, what they record, the registry."""

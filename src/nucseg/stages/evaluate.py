@@ -1,0 +1,74 @@
+"""Stage `evaluate`: whole-image instance segmentation of the `val` and `test` splits, scored as
+the field scores it (DSB2018 metric), per image and per modality, logged into the training run.
+
+`test` is the final report: nothing was chosen on it, so its DSB is the honest estimate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nucseg import io
+from nucseg.config import get_logger
+from nucseg.core.evaluation import evaluate_model, load_split_samples, summarize, threshold_curve
+from nucseg.core.overlay import overlay_panel
+from nucseg.mlops import datasets, tracking
+
+log = get_logger("nucseg.evaluate")
+
+
+def log_to_run(summaries: dict[str, dict[str, Any]], per_image: pd.DataFrame, samples, predictions, params,
+               reports: dict) -> None:
+    """Final `val_*` and `test_*` metrics, and overlays of the test images, into the active run."""
+    import mlflow
+
+    flat = {}
+    for split, summary in summaries.items():
+        flat.update({f"{split}_{k}": v for k, v in summary["overall"].items() if k != "images"})
+        for modality, values in summary["per_modality"].items():
+            flat.update({f"{split}_{k}_{modality}": v for k, v in values.items() if k != "images"})
+    mlflow.log_metrics(flat)
+    for path in reports.values():
+        mlflow.log_artifact(str(path), "evaluation")
+    per_modality = int(params["evaluate"]["overlays_per_modality"])
+    by_id = {s["id"]: s for s in samples}
+    for modality, part in per_image.groupby("modality"):
+        for image_id in part["id"].head(per_modality):
+            panel = overlay_panel(by_id[image_id]["image"], by_id[image_id]["labels"], predictions[image_id])
+            mlflow.log_image(panel, f"overlays/{modality}/{image_id}.png")
+
+
+def run(params: dict[str, Any], model_dir: str | Path = "models/untuned", split_path: str | Path = "artifacts/split.csv",
+        samples_dir: str | Path = "artifacts/prepared", metrics_path: str | Path = "reports/eval_metrics.json",
+        per_image_path: str | Path = "reports/eval_per_image.csv",
+        per_modality_path: str | Path = "reports/eval_per_modality.csv",
+        thresholds_path: str | Path = "reports/eval_thresholds.csv") -> dict[str, Any]:
+    import keras
+    import mlflow
+
+    model_dir = Path(model_dir)
+    model = keras.saving.load_model(model_dir / "model.keras", compile=False)  # inference only
+    summaries, tables = {}, []
+    for split in ("val", "test"):
+        samples = load_split_samples(split_path, samples_dir, split)
+        per_image, predictions = evaluate_model(model, samples, params, desc=f"evaluate {split}")
+        summaries[split] = summarize(per_image)
+        tables.append(per_image.assign(split=split))
+    test = tables[-1]
+    per_modality = pd.DataFrame([{"modality": m, **v} for m, v in summaries["test"]["per_modality"].items()])
+    io.write_csv(per_image_path, pd.concat(tables, ignore_index=True).round(5))
+    io.write_csv(per_modality_path, per_modality)
+    io.write_csv(thresholds_path, threshold_curve(test))
+    io.write_json(metrics_path, summaries)
+    tracking.setup()
+    run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
+    with mlflow.start_run(run_id=run_id):
+        datasets.log_split_inputs(split_path, ("test",), params)
+        log_to_run(summaries, test, samples, predictions, params,
+                   {"per_image": per_image_path, "per_modality": per_modality_path, "thresholds": thresholds_path})
+    log.info("DSB: val %.4f, test %.4f; test per modality %s", summaries["val"]["overall"]["dsb"],
+             summaries["test"]["overall"]["dsb"], {m: v["dsb"] for m, v in summaries["test"]["per_modality"].items()})
+    return summaries

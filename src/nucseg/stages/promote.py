@@ -1,0 +1,123 @@
+"""Stage `promote`: the model registry decides which U-Net serves.
+
+`score` and `predict` load `models:/nucseg-unet@champion`, so whichever model holds that alias
+is what users get. Every candidate is scored here, on the same `test` split with the same
+post-processing, before the registry is touched: a crash mid-stage then leaves the aliases
+exactly as they were, and the registry is never without a champion.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from nucseg import config, io
+from nucseg.config import get_logger
+from nucseg.core.evaluation import load_split_samples
+from nucseg.mlops import datasets, tracking
+from nucseg.mlops.registry import (CHALLENGER, CHAMPION, Candidate, Decision, Incumbent, best_val_loss,
+                                   current_champion, decide, move_aliases, read_run_info, register, score_model,
+                                   source_lineage)
+
+log = get_logger("nucseg.promote")
+
+
+# Order matters: on a DSB tie the candidate listed first wins, so tuning has to beat the
+# baseline, not merely match it.
+CANDIDATES = {"untuned": "models/untuned", "tuned": "models/tuned"}
+
+
+def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATES,
+        split_path: str | Path = "artifacts/split.csv", samples_dir: str | Path = "artifacts/prepared",
+        metrics_path: str | Path = "reports/promotion.json",
+        report_path: str | Path = "reports/promotion.md") -> dict[str, Any]:
+    """Score, register, alias, report; returns what `metrics_path` holds."""
+    import mlflow
+
+    tracking.setup()
+    client = mlflow.MlflowClient()
+    name = config.REGISTERED_MODEL
+    lineage = tracking.lineage_tags()
+    sources = {cand: read_run_info(Path(folder) / "run.json") for cand, folder in candidates.items()}
+    samples = load_split_samples(split_path, samples_dir, "test")
+    scored = [Candidate(cand, run_id, uri, score_model(uri, samples, params, cand), best_val_loss(client, run_id),
+                        source_lineage(client, run_id, lineage)) for cand, (run_id, uri) in sources.items()]
+    incumbent = current_champion(client, name, scored, samples, params)
+    decision = decide({c.name: c.dsb for c in scored}, (incumbent.label, incumbent.dsb) if incumbent else None,
+                      float(params["promote"]["margin"]))
+    log.info("decision: %s", decision.reason)
+
+    versions = {c.name: register(client, name, c, decision.reason) for c in scored}
+    if incumbent:
+        versions.setdefault(incumbent.label, incumbent.version)
+    move_aliases(client, name, versions[decision.champion],
+                 versions[decision.challenger] if decision.challenger else None)
+
+    result = promotion_table(scored, versions, decision, incumbent)
+    io.write_json(metrics_path, result)
+    io.atomic_write_text(report_path, promotion_markdown(result))
+    log_promote_run(result, lineage, metrics_path, report_path, split_path, params)
+    return result
+
+
+def promotion_table(scored: list[Candidate], versions: dict[str, int], decision: Decision,
+                    incumbent: Incumbent | None) -> dict[str, Any]:
+    """The DVC metrics file: one entry per candidate, plus who holds which alias and why."""
+    table = {"candidates": {c.name: {
+        "version": versions[c.name], "run_id": c.run_id, "model_uri": c.model_uri, "loss": c.val_loss,
+        **{key: c.summary["overall"][key] for key in ("dsb", "pixel_iou", "pixel_dice")},
+        "dsb_per_modality": {m: v["dsb"] for m, v in c.summary["per_modality"].items()}} for c in scored},
+        CHAMPION: decision.champion, "champion_version": versions[decision.champion],
+        CHALLENGER: decision.challenger,
+        "challenger_version": versions[decision.challenger] if decision.challenger else None,
+        "reason": decision.reason}
+    if incumbent and incumbent.label not in table["candidates"]:
+        table["previous_champion"] = {"label": incumbent.label, "version": incumbent.version, "dsb": incumbent.dsb}
+    return table
+
+
+def promotion_markdown(table: dict[str, Any]) -> str:
+    """The tuned-vs-untuned table a reviewer reads, with the decision under it."""
+    candidates = table["candidates"]
+    modalities = sorted({m for c in candidates.values() for m in c["dsb_per_modality"]})
+    aliases = {table["champion_version"]: CHAMPION, table["challenger_version"]: CHALLENGER}
+    header = ["candidate", "version", "alias", "val loss", "DSB", "pixel IoU", "Dice", *(f"DSB {m}" for m in modalities)]
+    rows = [[name, c["version"], aliases.get(c["version"], ""), _fmt(c["loss"]), _fmt(c["dsb"]), _fmt(c["pixel_iou"]),
+             _fmt(c["pixel_dice"]), *(_fmt(c["dsb_per_modality"].get(m)) for m in modalities)]
+            for name, c in candidates.items()]
+    if "previous_champion" in table:
+        prev = table["previous_champion"]
+        rows.append([f"{prev['label']} (champion before)", prev["version"], aliases.get(prev["version"], ""), "–",
+                     _fmt(prev["dsb"]), "–", "–", *("–" for _ in modalities)])
+    lines = ["# Promotion: tuned vs untuned", "", "Scored on the `test` split, which chose nothing before this.", "", _row(header), _row(["---"] * len(header)), *map(_row, rows), "",
+             f"**Champion:** {_who(table['champion'], table['champion_version'])}; "
+             f"**challenger:** {_who(table['challenger'], table['challenger_version'])}.", "",
+             f"**Why:** {table['reason']}.", ""]
+    return "\n".join(lines)
+
+
+def _who(label: str | None, version: int | None) -> str:
+    return "none" if label is None else label if label == f"version {version}" else f"{label} (version {version})"
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def log_promote_run(table: dict[str, Any], lineage: dict[str, str], metrics_path: str | Path,
+                    report_path: str | Path, split_path: str | Path, params: dict[str, Any]) -> None:
+    """An MLflow run of its own, so the UI shows when and why the champion changed, and on which data."""
+    import mlflow
+
+    with mlflow.start_run(run_name="promote"):
+        datasets.log_split_inputs(split_path, ("test",), params)
+        mlflow.set_tags({"stage": "promote", **lineage, "champion_version": table["champion_version"],
+                         "decision": table["reason"]})
+        mlflow.log_metrics({f"{name}_{key}": c[key] for name, c in table["candidates"].items()
+                            for key in ("dsb", "pixel_iou", "pixel_dice")})
+        mlflow.log_artifact(str(metrics_path), "promotion")
+        mlflow.log_artifact(str(report_path), "promotion")
