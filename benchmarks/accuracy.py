@@ -29,11 +29,12 @@ def main() -> None:
 
         from nucseg.config import load_params
         from nucseg.core.evaluation import evaluate_model, load_split_samples, summarize
+        from nucseg.core.segment import Recipe
 
         model = keras.saving.load_model("models/untuned/model.keras", compile=False)
         for split in ("val", "test"):
             samples = load_split_samples("artifacts/split.csv", "artifacts/prepared", split)
-            per_image, _ = evaluate_model(model, samples, load_params(), desc=f"benchmark {split}")
+            per_image, _ = evaluate_model(model, samples, Recipe.from_params(load_params()), desc=f"benchmark {split}")
             show(f"untuned on {split} (recomputed)", summarize(per_image))
     else:
         for split, summary in json.loads(Path("reports/eval_metrics.json").read_text()).items():

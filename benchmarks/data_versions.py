@@ -72,6 +72,7 @@ def main() -> None:
     from nucseg.mlops import datasets, tracking
     from nucseg.stages import prepare, train
     from nucseg.core.evaluation import evaluate_model, load_split_samples, summarize
+    from nucseg.core.segment import Recipe
 
     import keras
 
@@ -99,7 +100,7 @@ def main() -> None:
     rows = []
     for label, model_dir in (("v1", v1_model_dir), ("v2", ROOT / "models" / "untuned")):
         model = keras.saving.load_model(model_dir / "model.keras", compile=False)
-        summary = summarize(evaluate_model(model, test, params, desc=f"data {label} model on v2 test")[0])
+        summary = summarize(evaluate_model(model, test, Recipe.from_params(params), desc=f"data {label} model on v2 test")[0])
         run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
         if label == "v1":
             with mlflow.start_run(run_id=run_id), warnings.catch_warnings():

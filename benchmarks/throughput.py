@@ -19,8 +19,7 @@ import keras  # noqa: E402  (after nucseg.config set the backend)
 
 from nucseg.core.augment import AugmentConfig  # noqa: E402
 from nucseg.core.data import CropDataset, load_samples  # noqa: E402
-from nucseg.core.evaluation import INFERENCE_MULTIPLE, segment  # noqa: E402
-from nucseg.core.infer import predict_maps  # noqa: E402
+from nucseg.core.segment import Recipe, probability_maps, segment_prepared  # noqa: E402
 from nucseg.core.training import build_model  # noqa: E402
 
 
@@ -36,24 +35,20 @@ def training_throughput(params: dict, samples: list[dict], steps: int) -> float:
     return steps * int(cfg["batch_size"]) / (time.perf_counter() - start)
 
 
-def inference_throughput(params: dict, model_path: Path | None, images: list[np.ndarray]) -> tuple[float, float]:
+def inference_throughput(recipe: Recipe, model_path: Path | None, images: list[np.ndarray],
+                         params: dict) -> tuple[float, float]:
+    """Megapixels/s of the network alone and of the whole segmenter on prepared uint8 images."""
     model = keras.saving.load_model(model_path, compile=False) if model_path else build_model(params["model"], params["train"])
-    inf = params["inference"]
-
-    def network_maps(image: np.ndarray) -> np.ndarray:
-        return predict_maps(model, image, multiple=INFERENCE_MULTIPLE, tile_size=int(inf["tile_size"]),
-                            overlap=int(inf["tile_overlap"]), max_untiled_pixels=int(inf["max_untiled_pixels"]))
-
     for image in images[:2]:  # trace each size once
-        network_maps(image)
+        probability_maps(model, image, recipe)
     megapixels = sum(i.shape[0] * i.shape[1] for i in images) / 1e6
     start = time.perf_counter()
     for image in images:
-        network_maps(image)
+        probability_maps(model, image, recipe)
     network = megapixels / (time.perf_counter() - start)
     start = time.perf_counter()
     for image in images:
-        segment(model, image, params)
+        segment_prepared(model, image, recipe, *image.shape[:2])
     return network, megapixels / (time.perf_counter() - start)
 
 
@@ -71,10 +66,11 @@ def main() -> None:
     print(f"training: {crops:.1f} crops/s ({params['train']['crop_size']}px crops, batch {params['train']['batch_size']}, "
           f"depth {params['model']['depth']}, base {params['model']['base_filters']}, {keras.backend.backend()} backend)")
     val_ids = split.loc[split["split"] == "val", "id"].head(args.images)
-    images = [s["image"].astype(np.float32) / 255 for s in
+    images = [s["image"] for s in
               load_samples([Path("artifacts/prepared") / f"{i}.npz" for i in val_ids], desc="benchmark: loading")]
-    network, total = inference_throughput(params, args.model if args.model.exists() else None, images)
-    print(f"inference: {network:.2f} megapixels/s network only, {total:.2f} megapixels/s with watershed "
+    recipe = Recipe.from_params(params)
+    network, total = inference_throughput(recipe, args.model if args.model.exists() else None, images, params)
+    print(f"inference (tta={recipe.tta}): {network:.2f} megapixels/s network only, {total:.2f} megapixels/s with watershed "
           f"({len(images)} validation images, {sum(i.size // 3 for i in images) / 1e6:.2f} megapixels)")
 
 

@@ -100,16 +100,21 @@ def score(
     input_dir: Path = typer.Option(..., "--input", help="DSB-layout folder (<id>/images/<id>.png) or flat folder of images"),
     output_dir: Path = typer.Option(..., "--output", help="where labels/, overlays/, submission.csv, counts.csv go"),
     model_uri: Optional[str] = typer.Option(None, "--model-uri", help="MLflow model URI [default: params score.model_uri]"),
+    geojson: bool = typer.Option(False, "--geojson", help="also write QuPath-readable outlines/<id>.geojson"),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or spark"),
+    master: str = typer.Option("local[2]", "--master", help="Spark master URL for --engine spark"),
     params: Path = PARAMS,
 ) -> None:
-    """Segment every image of a folder with the registry's champion (or --model-uri)."""
+    """Segment every image of a folder with the registry's champion (or --model-uri), with the
+    settings registered with that model."""
     from nucseg.mlops import tracking
     from nucseg.stages import score as stage
 
     loaded = config.load_params(params)
     try:
-        result = stage.run(model_uri or loaded["score"]["model_uri"], input_dir, output_dir, loaded)
-    except (tracking.TrackingUnavailable, stage.ModelUnavailable, FileNotFoundError) as err:
+        result = stage.run(model_uri or loaded["score"]["model_uri"], input_dir, output_dir, loaded, geojson=geojson,
+                           engine=engine, master=master)
+    except (tracking.TrackingUnavailable, stage.ModelUnavailable, FileNotFoundError, ValueError) as err:
         _fail(str(err))
     typer.echo(f"scored {len(result.scored)} image(s) into {output_dir}")
     if result.failed:
@@ -132,7 +137,7 @@ def predict(
 
     loaded = config.load_params(params)
     try:
-        count = stage.predict_one(model_uri or loaded["score"]["model_uri"], image, output_dir, loaded)
+        count = stage.predict_one(model_uri or loaded["score"]["model_uri"], image, output_dir)
     except (io.ImageError, tracking.TrackingUnavailable, stage.ModelUnavailable) as err:
         _fail(str(err))
     typer.echo(f"{image}: {count} nuclei")

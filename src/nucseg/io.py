@@ -34,12 +34,22 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageError(path, "file not found")
-    if path.stat().st_size == 0:
+    return decode_image(path.read_bytes(), path)
+
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def decode_image(data: bytes, name: str | Path = "image") -> np.ndarray:
+    """`read_image` for bytes already in memory (an upload, a DataFrame cell); `name` is what
+    error messages call it. TIFFs are recognised by their signature, whatever the name says."""
+    path = name
+    if len(data) == 0:
         raise ImageError(path, "file is empty (0 bytes)")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        image = _read_tiff(path)  # tifffile sees every page and sample; OpenCV only the first page
+    if bytes(data[:4]) in TIFF_MAGIC:
+        image = _read_tiff(data)  # tifffile sees every page and sample; OpenCV only the first page
     else:
-        image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
         if image is not None and image.ndim == 3 and image.shape[2] in (3, 4):
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
     if image is None:
@@ -55,11 +65,13 @@ def read_image(path: str | Path) -> np.ndarray:
     return image
 
 
-def _read_tiff(path: Path) -> np.ndarray | None:
+def _read_tiff(data: bytes) -> np.ndarray | None:
+    import io as _io
+
     import tifffile
 
     try:
-        return tifffile.imread(path)
+        return tifffile.imread(_io.BytesIO(data))
     except Exception:  # noqa: BLE001 - any decoder failure means "corrupt"
         return None
 
@@ -153,8 +165,8 @@ def write_csv(path: str | Path, frame) -> None:
     atomic_write_text(path, frame.to_csv(index=False))
 
 
-def write_png(path: str | Path, image: np.ndarray) -> None:
-    """PNG of an RGB, grey, uint8 or uint16 array."""
+def encode_png(image: np.ndarray, name: str | Path = "image") -> bytes:
+    """PNG bytes of an RGB, grey, uint8 or uint16 array."""
     if image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     try:
@@ -162,8 +174,12 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
     except cv2.error:
         ok = False
     if not ok:
-        raise ValueError(f"{path}: PNG encoding failed for array {image.shape} {image.dtype}")
-    atomic_write_bytes(path, encoded.tobytes())
+        raise ValueError(f"{name}: PNG encoding failed for array {image.shape} {image.dtype}")
+    return encoded.tobytes()
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    atomic_write_bytes(path, encode_png(image, path))
 
 
 def write_npz(path: str | Path, **arrays: np.ndarray) -> None:

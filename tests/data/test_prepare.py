@@ -13,7 +13,8 @@ from skimage.draw import disk
 
 from nucseg import io
 from nucseg.stages import prepare
-from nucseg.core.targets import labels_from_masks, resize_sample, targets_from_labels
+from nucseg.core.preprocess import preprocess, resize_labels, working_size
+from nucseg.core.targets import labels_from_masks, targets_from_labels
 
 
 def disk_mask(shape, center, radius) -> np.ndarray:
@@ -234,23 +235,32 @@ def block_labels(height: int, width: int) -> np.ndarray:
     ((25, 60), 20, (8, 20)),     # 25/3 = 8.33 -> 8
     ((30, 60), 120, (60, 120)),  # upscale by 2
 ])
-def test_resize_sample_rescales_longer_side(shape, longest, expected):
+def test_resize_rescales_longer_side(shape, longest, expected):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
     labels = block_labels(*shape)
-    new_image, new_labels = resize_sample(image, labels, longest)
+    assert working_size(*shape, longest) == expected
+    new_image = preprocess(image, 0.0, 100.0, longest)
+    new_labels = resize_labels(labels, *expected)
     assert new_image.shape == expected + (3,) and new_image.dtype == np.uint8
     assert new_labels.shape == expected and max(new_labels.shape) == longest
     assert new_labels.dtype == np.uint16  # nearest neighbour: still integer labels
     assert set(np.unique(new_labels)) == {0, 3, 7, 300}  # no label invented by interpolation, none lost
 
 
-def test_resize_sample_keeps_labels_of_small_nuclei_integer():
+def test_resize_keeps_labels_of_small_nuclei_integer():
     labels = touching_disks()
-    image = np.zeros(SHAPE + (3,), np.uint8)
-    _, small = resize_sample(image, labels, 29)  # 58 -> 29
+    small = resize_labels(labels, *working_size(*SHAPE, 29))  # 58 -> 29
     assert small.shape == (20, 29)  # 41 / 2 = 20.5 rounds to even
     assert set(np.unique(small)) <= {0, 1, 2}
+
+
+def test_preprocess_without_resize_is_the_normalised_image_in_8_bit_levels():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 4096, (10, 12), dtype=np.uint16)
+    out = preprocess(image, 1.0, 99.8)
+    expected = np.round(io.normalize_image(image, 1.0, 99.8) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)
 
 
 def write_sample(root: Path, sample_id: str, image: np.ndarray, masks: list[np.ndarray]) -> Path:
@@ -271,14 +281,15 @@ def test_prepare_sample_with_resize(params, tmp_path):
     cfg = {**params["prepare"], "resize": 40, "border_width": 1}
     sample = prepare.prepare_sample(image_path, image_path.parent.parent / "masks", cfg)
     assert sample["image"].shape == (20, 40, 3) and sample["image"].dtype == np.uint8
-    assert sample["labels"].shape == (20, 40) and sample["labels"].dtype == np.uint16
+    assert sample["labels"].shape == shape and sample["labels"].dtype == np.uint16  # truth as annotated
     assert set(np.unique(sample["labels"])) == {0, 1, 2}
-    assert sample["target"].shape == (20, 40, 2) and sample["target"].dtype == np.uint8
-    np.testing.assert_array_equal(sample["target"][..., 0], sample["labels"] > 0)
+    assert sample["target"].dtype == np.uint8
+    working = resize_labels(sample["labels"], 20, 40)
+    np.testing.assert_array_equal(sample["target"][..., 0], working > 0)
     # normalised to 0..255: nuclei 255, background 0 (area averaging blends only the rims)
     assert sample["image"][10, 10].tolist() == [255, 255, 255] and sample["image"][10, 27].tolist() == [255] * 3
     assert sample["image"][0, 0].tolist() == [0, 0, 0] and sample["image"][19, 39].tolist() == [0, 0, 0]
-    assert sample["image"][sample["labels"] > 0].mean() > 200 and sample["image"][sample["labels"] == 0].mean() < 50
+    assert sample["image"][working > 0].mean() > 200 and sample["image"][working == 0].mean() < 50
 
 
 # ---- the whole stage on real images ----

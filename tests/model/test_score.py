@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -60,11 +61,13 @@ def _brightness_unet():
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    """A sqlite MLflow store whose `nucseg-unet` version 1 carries the alias `champion`."""
+    """A sqlite MLflow store whose `nucseg-unet` version 1, a segmenter with small tiles (images
+    above 64x64 pixels go through the tiler), carries the alias `champion`."""
     import mlflow
 
+    from nucseg.core.segment import Recipe
     from nucseg.mlops import tracking
-    from nucseg.mlops.logged_models import log_keras_model
+    from nucseg.mlops.segmenter_model import log_segmenter
 
     root = tmp_path_factory.mktemp("mlflow")
     with pytest.MonkeyPatch.context() as mp:
@@ -72,7 +75,8 @@ def registry(tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
         tracking.setup()
         with mlflow.start_run() as active:
-            model_uri = log_keras_model(_brightness_unet())
+            model_uri = log_segmenter(_brightness_unet(), Recipe(tile_size=64, tile_overlap=16,
+                                                                 max_untiled_pixels=64 * 64))
         version = mlflow.register_model(model_uri, config.REGISTERED_MODEL).version
         mlflow.MlflowClient().set_registered_model_alias(config.REGISTERED_MODEL, "champion", version)
         yield {"root": root, "run_id": active.info.run_id, "version": str(version)}
@@ -108,10 +112,10 @@ def _write_good_images(folder):
 
 @pytest.fixture(scope="module")
 def score_params(default_params, tmp_path_factory):
-    """Real params with small tiles (images above 64x64 pixels go through the tiler) and a
-    two-cluster modality model that calls dark backgrounds fluorescence."""
+    """Real params with a two-cluster modality model that calls dark backgrounds fluorescence,
+    and segmentation settings that would find nothing: scoring must use the model's recipe."""
     params = copy.deepcopy(default_params)
-    params["inference"].update(tile_size=64, tile_overlap=16, max_untiled_pixels=64 * 64)
+    params["postprocess"].update(min_object_area=10**6, fg_threshold=0.999)
     no_saturation = modality.log_saturation(0.0)
     modality_model = {"features": modality.FEATURES, "mean": [0.0, 0.0], "scale": [1.0, 1.0],
                       "centroids": [[0.05, no_saturation], [0.8, no_saturation]],
@@ -140,7 +144,7 @@ def mixed(registry, score_params, tmp_path_factory):
         mp.chdir(registry["root"])
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{registry['root']}/mlflow.db")
         result = score.run(CHAMPION, folder, output, score_params)
-    return {"result": result, "output": output, "shapes": shapes}
+    return {"result": result, "output": output, "shapes": shapes, "folder": folder}
 
 
 def _params_file(path, params) -> str:
@@ -190,6 +194,46 @@ def test_counts_table(mixed):
     assert (counts["nuclei"] == DISKS).all()
     assert counts["mean_area_px"].between(80, 150).all()  # radius-6 disks: ~113 px
     assert (counts["modality"] == "fluorescence").all()
+
+
+def test_scoring_uses_the_models_recipe_not_params(mixed, tracked, score_params):
+    """The registered recipe (A) finds every disk; the params (B) would find none."""
+    from nucseg.core.segment import Recipe, segment
+
+    network, recipe, _ = score.load_model(CHAMPION)
+    assert recipe.min_object_area != score_params["postprocess"]["min_object_area"]
+    image = io.read_image(mixed["folder"] / "grey8.png")
+    assert segment(network, image, Recipe.from_params(score_params)).max() == 0  # B: nothing
+    assert (pd.read_csv(mixed["output"] / "counts.csv")["nuclei"] == DISKS).all()  # A: every disk
+
+
+def test_measurements_table(mixed):
+    table = pd.read_csv(mixed["output"] / "measurements.csv")
+    assert list(table.columns) == ["ImageId", "label", "centroid_row", "centroid_col", "area", "perimeter",
+                                   "eccentricity", "solidity", "mean_intensity", "integrated_intensity"]
+    assert table.groupby("ImageId").size().to_dict() == {image_id: DISKS for image_id in mixed["shapes"]}
+    assert table["area"].between(80, 150).all() and (table["solidity"] > 0.9).all()
+    grey16 = table[table["ImageId"] == "grey16"]
+    assert grey16["mean_intensity"].between(30000, 40001).all()  # the 16-bit image's own scale
+
+
+def test_geojson_outlines_on_request(tracked, score_params, tmp_path):
+    _write_good_images(tmp_path / "in")
+    score.run(CHAMPION, tmp_path / "in", tmp_path / "out", score_params, geojson=True)
+    outlines = json.loads((tmp_path / "out" / "outlines" / "grey8.geojson").read_text())
+    assert outlines["type"] == "FeatureCollection" and len(outlines["features"]) == DISKS
+
+
+@pytest.mark.slow
+def test_spark_engine_writes_what_the_local_engine_writes(mixed, tracked, score_params, tmp_path):
+    result = score.run(CHAMPION, mixed["folder"], tmp_path / "spark", score_params, engine="spark", master="local[2]")
+    assert sorted(result.scored) == sorted(mixed["result"].scored)
+    assert [Path(path).name for path, _ in result.failed] == ["corrupt.png"]
+    for table in ("submission.csv", "counts.csv", "measurements.csv"):
+        assert (tmp_path / "spark" / table).read_text() == (mixed["output"] / table).read_text(), table
+    for image_id in mixed["shapes"]:
+        assert (tmp_path / "spark" / "labels" / f"{image_id}.png").read_bytes() == \
+            (mixed["output"] / "labels" / f"{image_id}.png").read_bytes()
 
 
 def test_model_record_names_the_registered_version(mixed, registry):

@@ -1,5 +1,4 @@
-"""Whole-image instance segmentation scored as the field scores it (DSB2018 metric), per image
-and per modality."""
+"""Segmentations scored as the field scores it (DSB2018 metric), per image and per modality."""
 
 from __future__ import annotations
 
@@ -11,26 +10,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from nucseg.core import metrics
-from nucseg.core.infer import predict_maps
-from nucseg.core.postprocess import labels_from_maps
-
-
-# Pads every image to a multiple of 32: enough for U-Nets up to depth 5 and the MobileNetV2
-# encoder, so a model loaded from the registry needs no knowledge of how it was built.
-INFERENCE_MULTIPLE = 32
-
-
-def segment(model, image: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """uint16 instance labels and the HxWx2 probability maps for one float [0,1] RGB image."""
-    inf = params["inference"]
-    maps = predict_maps(model, image, multiple=INFERENCE_MULTIPLE, tile_size=int(inf["tile_size"]),
-                        overlap=int(inf["tile_overlap"]), max_untiled_pixels=int(inf["max_untiled_pixels"]))
-    pp = params["postprocess"]
-    labels = labels_from_maps(maps[..., 0], maps[..., 1], fg_threshold=pp["fg_threshold"],
-                              marker_threshold=pp["marker_threshold"], border_threshold=pp["border_threshold"],
-                              min_marker_area=int(pp["min_marker_area"]), min_object_area=int(pp["min_object_area"]),
-                              fill_holes=bool(pp["fill_holes"]))
-    return labels, maps
+from nucseg.core.segment import Recipe, segment_prepared
 
 
 def load_split_samples(split_path: str | Path, samples_dir: str | Path, split: str = "val") -> list[dict[str, Any]]:
@@ -44,11 +24,12 @@ def load_split_samples(split_path: str | Path, samples_dir: str | Path, split: s
     return samples
 
 
-def evaluate_model(model, samples: list[dict[str, Any]], params: dict[str, Any], desc: str = "evaluate"):
-    """Per-image metrics, and the predicted labels (kept for overlays)."""
+def evaluate_model(model, samples: list[dict[str, Any]], recipe: Recipe, desc: str = "evaluate"):
+    """Per-image metrics, and the predicted labels (kept for overlays). The prepared images went
+    through the recipe's `preprocess` already, so this segments exactly as `score` would."""
     rows, predictions = [], {}
     for sample in tqdm(samples, desc=f"{desc}: segmenting images", unit="image"):
-        pred, _ = segment(model, sample["image"].astype(np.float32) / 255.0, params)
+        pred = segment_prepared(model, sample["image"], recipe, *sample["labels"].shape)
         truth = sample["labels"]
         per_threshold = metrics.dsb_scores_per_threshold(truth, pred)
         rows.append({"id": sample["id"], "modality": sample["modality"], "dsb": float(per_threshold.mean()),

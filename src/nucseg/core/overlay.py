@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from skimage.segmentation import find_boundaries
 
@@ -14,5 +15,8 @@ def draw_outlines(image: np.ndarray, labels: np.ndarray, colour: tuple[int, int,
 
 
 def overlay_panel(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """image | truth contours (green) | predicted contours (yellow), side by side."""
+    """image | truth contours (green) | predicted contours (yellow), side by side, at the size of
+    the labels (a resized working image is scaled back)."""
+    if image.shape[:2] != truth.shape:
+        image = cv2.resize(image, truth.shape[::-1], interpolation=cv2.INTER_LINEAR)
     return np.concatenate([image, draw_outlines(image, truth, (0, 255, 0)), draw_outlines(image, pred)], axis=1)

@@ -7,7 +7,6 @@ inside the rings are then grown back by watershed (see `postprocess`).
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries
@@ -36,12 +35,3 @@ def targets_from_labels(labels: np.ndarray, border_width: int = 2) -> np.ndarray
     if border_width > 1:
         border = dilation(border, disk(border_width - 1))
     return np.stack([foreground, border & foreground], axis=-1).astype(np.uint8)
-
-
-def resize_sample(image: np.ndarray, labels: np.ndarray, longest_side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rescale so the longer side is `longest_side`; labels by nearest neighbour."""
-    height, width = labels.shape
-    factor = longest_side / max(height, width)
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR),
-            cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST))

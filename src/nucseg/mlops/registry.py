@@ -14,6 +14,8 @@ from typing import Any, Mapping, NamedTuple
 from nucseg import config
 from nucseg.config import get_logger
 from nucseg.core.evaluation import evaluate_model, summarize
+from nucseg.core.segment import Recipe
+from nucseg.mlops.segmenter_model import load_segmenter, log_segmenter, recipe_digest
 
 log = get_logger("nucseg.registry")
 
@@ -45,6 +47,7 @@ class Candidate:
     summary: dict[str, Any]
     val_loss: float | None
     lineage: dict[str, str]
+    recipe: Recipe = Recipe()
 
     @property
     def dsb(self) -> float:
@@ -103,18 +106,51 @@ def read_run_info(path: Path) -> tuple[str, str]:
         raise PromotionError(f"{path}: expected JSON with run_id and model_uri ({err!r})") from err
 
 
-def score_model(model_uri: str, samples: list[dict[str, Any]], params: dict[str, Any], label: str) -> dict[str, Any]:
-    """Test summary (overall and per modality) of the model behind `model_uri`."""
-    import mlflow
-
+def score_model(model_uri: str, samples: list[dict[str, Any]], prepared_with: Recipe, label: str) -> dict[str, Any]:
+    """Test summary (overall and per modality) of the segmenter behind `model_uri`, with its own
+    recipe. The test images were prepared with `prepared_with`'s preprocessing; a model whose
+    recipe preprocesses differently cannot be compared like for like on them."""
     try:
-        model = mlflow.keras.load_model(model_uri)
+        network, recipe = load_segmenter(model_uri, fallback_recipe=prepared_with)
     except Exception as err:  # noqa: BLE001 - whatever the cause, the URI is what the user must fix
         raise PromotionError(f"cannot load model {model_uri} ({label}): {err}") from err
-    per_image, _ = evaluate_model(model, samples, params, desc=f"promote {label}")
+    if preprocessing(recipe) != preprocessing(prepared_with):
+        raise PromotionError(f"{model_uri} ({label}) preprocesses images as {preprocessing(recipe)}, the prepared "
+                             f"test images were made with {preprocessing(prepared_with)}: run `prepare` with its "
+                             "settings to compare it")
+    per_image, _ = evaluate_model(network, samples, recipe, desc=f"promote {label}")
     summary = summarize(per_image)
     log.info("%s (%s): test DSB %.4f", label, model_uri, summary["overall"]["dsb"])
     return summary
+
+
+def preprocessing(recipe: Recipe) -> dict[str, Any]:
+    return {key: getattr(recipe, key) for key in ("normalize_low", "normalize_high", "resize")}
+
+
+def package(client, run_id: str, network_uri: str, recipe: Recipe) -> str:
+    """URI of the segmenter (network + recipe) logged into the training run `run_id`, logged
+    once per network and recipe: a rerun finds it by its run tag and registers nothing new."""
+    import hashlib
+
+    import mlflow
+
+    tag = f"segmenter.{hashlib.sha256(network_uri.encode()).hexdigest()[:8]}.{recipe_digest(recipe)}"
+    try:
+        existing = client.get_run(run_id).data.tags.get(tag)
+    except Exception as err:  # noqa: BLE001 - a missing run or store: the run is what the user must fix
+        raise PromotionError(f"MLflow run {run_id} not found in {config.tracking_uri()}: {err}") from err
+    if existing:
+        return existing
+    try:
+        network = mlflow.keras.load_model(network_uri)
+    except Exception as err:  # noqa: BLE001
+        raise PromotionError(f"cannot load model {network_uri}: {err}") from err
+    with mlflow.start_run(run_id=run_id):
+        uri = log_segmenter(network, recipe)
+        mlflow.set_tag(tag, uri)
+    log.info("logged segmenter %s into run %s", uri, run_id)
+    return uri
 
 
 def best_val_loss(client, run_id: str) -> float | None:
@@ -123,7 +159,7 @@ def best_val_loss(client, run_id: str) -> float | None:
     return round(min(m.value for m in history), 5) if history else None
 
 
-def current_champion(client, name: str, scored: list[Candidate], samples, params) -> Incumbent | None:
+def current_champion(client, name: str, scored: list[Candidate], samples, recipe: Recipe) -> Incumbent | None:
     """The version holding `champion` now, or None if none does.
 
     A holder that is not a candidate is rescored on this test split: the DSB tagged on
@@ -142,7 +178,7 @@ def current_champion(client, name: str, scored: list[Candidate], samples, params
     for candidate in scored:
         if find_version(client, name, candidate) == int(version):
             return Incumbent(candidate.name, candidate.dsb, int(version))
-    summary = score_model(f"models:/{name}/{version}", samples, params, f"current champion version {version}")
+    summary = score_model(f"models:/{name}/{version}", samples, recipe, f"current champion version {version}")
     return Incumbent(f"version {version}", summary["overall"]["dsb"], int(version))
 
 
@@ -190,6 +226,7 @@ def version_tags(candidate: Candidate, reason: str) -> dict[str, str]:
             **{f"dsb_{modality}": str(values["dsb"]) for modality, values in candidate.summary["per_modality"].items()}}
     if candidate.val_loss is not None:
         tags["val_loss"] = str(candidate.val_loss)
+    tags.update({f"recipe.{key}": str(value) for key, value in candidate.recipe.to_dict().items()})
     return tags
 
 

@@ -15,6 +15,7 @@ from nucseg import io
 from nucseg.config import get_logger
 from nucseg.core.evaluation import evaluate_model, load_split_samples, summarize, threshold_curve
 from nucseg.core.overlay import overlay_panel
+from nucseg.core.segment import Recipe
 from nucseg.mlops import datasets, tracking
 
 log = get_logger("nucseg.evaluate")
@@ -54,7 +55,7 @@ def run(params: dict[str, Any], model_dir: str | Path = "models/untuned", split_
     summaries, tables = {}, []
     for split in ("val", "test"):
         samples = load_split_samples(split_path, samples_dir, split)
-        per_image, predictions = evaluate_model(model, samples, params, desc=f"evaluate {split}")
+        per_image, predictions = evaluate_model(model, samples, Recipe.from_params(params), desc=f"evaluate {split}")
         summaries[split] = summarize(per_image)
         tables.append(per_image.assign(split=split))
     test = tables[-1]

@@ -1,5 +1,9 @@
 """Stage `prepare`: instance labels, training targets and normalised images of every training
-image, one npz each (see `core.targets` for the targets)."""
+image, one npz each (see `core.targets` for the targets).
+
+`image` and `target` are at the network's working size (`prepare.resize`); `labels`, the
+truth that evaluation scores against, stay at the size they were annotated at.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +16,18 @@ from tqdm import tqdm
 
 from nucseg import io
 from nucseg.config import get_logger
-from nucseg.core.targets import labels_from_masks, resize_sample, targets_from_labels
+from nucseg.core.preprocess import preprocess, resize_labels
+from nucseg.core.targets import labels_from_masks, targets_from_labels
 
 log = get_logger("nucseg.prepare")
 
 
 def prepare_sample(image_path: Path, masks_dir: Path, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
-    image = io.normalize_image(io.read_image(image_path), cfg["normalize_low"], cfg["normalize_high"])
-    image = np.round(image * 255).astype(np.uint8)
+    image = preprocess(io.read_image(image_path), float(cfg["normalize_low"]), float(cfg["normalize_high"]),
+                       int(cfg.get("resize") or 0))
     labels = labels_from_masks([io.read_mask(p) for p in sorted(masks_dir.glob("*.png"))])
-    if cfg.get("resize"):
-        image, labels = resize_sample(image, labels, int(cfg["resize"]))
-    return {"image": image, "labels": labels, "target": targets_from_labels(labels, int(cfg["border_width"]))}
+    working = resize_labels(labels, *image.shape[:2])
+    return {"image": image, "labels": labels, "target": targets_from_labels(working, int(cfg["border_width"]))}
 
 
 def run(params: dict[str, Any], manifest_path: str | Path = "artifacts/manifest.csv",

@@ -14,10 +14,11 @@ from typing import Any, Mapping
 from nucseg import config, io
 from nucseg.config import get_logger
 from nucseg.core.evaluation import load_split_samples
+from nucseg.core.segment import Recipe
 from nucseg.mlops import datasets, tracking
 from nucseg.mlops.registry import (CHALLENGER, CHAMPION, Candidate, Decision, Incumbent, best_val_loss,
-                                   current_champion, decide, move_aliases, read_run_info, register, score_model,
-                                   source_lineage)
+                                   current_champion, decide, move_aliases, package, read_run_info, register,
+                                   score_model, source_lineage)
 
 log = get_logger("nucseg.promote")
 
@@ -39,10 +40,13 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
     name = config.REGISTERED_MODEL
     lineage = tracking.lineage_tags()
     sources = {cand: read_run_info(Path(folder) / "run.json") for cand, folder in candidates.items()}
+    recipe = Recipe.from_params(params)
+    segmenters = {cand: package(client, run_id, uri, recipe) for cand, (run_id, uri) in sources.items()}
     samples = load_split_samples(split_path, samples_dir, "test")
-    scored = [Candidate(cand, run_id, uri, score_model(uri, samples, params, cand), best_val_loss(client, run_id),
-                        source_lineage(client, run_id, lineage)) for cand, (run_id, uri) in sources.items()]
-    incumbent = current_champion(client, name, scored, samples, params)
+    scored = [Candidate(cand, run_id, segmenters[cand], score_model(segmenters[cand], samples, recipe, cand),
+                        best_val_loss(client, run_id), source_lineage(client, run_id, lineage), recipe)
+              for cand, (run_id, _) in sources.items()]
+    incumbent = current_champion(client, name, scored, samples, recipe)
     decision = decide({c.name: c.dsb for c in scored}, (incumbent.label, incumbent.dsb) if incumbent else None,
                       float(params["promote"]["margin"]))
     log.info("decision: %s", decision.reason)

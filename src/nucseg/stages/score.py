@@ -1,5 +1,8 @@
-"""Stage `score`: segment new images with a registered model and write what a user needs from
-them: a Kaggle submission, per-image label maps and outline overlays, and nucleus counts.
+"""Stage `score`: segment new images with a registered segmenter and write what a user needs
+from them: a Kaggle submission, per-image label maps and outline overlays, nucleus counts and
+per-nucleus measurements (optionally QuPath-readable GeoJSON outlines).
+
+Every setting of the segmentation comes with the model (its recipe), never from params.yaml.
 
 One unreadable image must not sink a batch of thousands, so it is recorded (`errors.csv`,
 `ScoreResult.failed`) and the rest are still scored; the CLI then exits non-zero so the failure
@@ -20,9 +23,12 @@ from tqdm import tqdm
 
 from nucseg import io
 from nucseg.core import modality, rle
-from nucseg.core.evaluation import segment
+from nucseg.core.measure import COLUMNS, measure, outlines_geojson
 from nucseg.core.overlay import draw_outlines
+from nucseg.core.preprocess import preprocess
+from nucseg.core.segment import Recipe, segment
 from nucseg.mlops import tracking
+from nucseg.mlops.segmenter_model import count_nuclei, load_segmenter
 from nucseg.config import get_logger
 
 log = get_logger("nucseg.score")
@@ -42,27 +48,27 @@ class ScoreResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, problem)
 
 
-def load_model(model_uri: str) -> tuple[Any, dict[str, str]]:
-    """The Keras model behind an MLflow URI, and a record of which registry version it is.
+def load_model(model_uri: str) -> tuple[Any, Recipe, dict[str, str]]:
+    """The segmenter (network and recipe) behind an MLflow URI, and a record of which registry
+    version it is.
 
     A `models:/name@alias` URI is pinned to the version the alias names *now* and that version
     is loaded, so the record names exactly the model that scored even if the alias moves during
     the run. MLflow's many failure types become one `ModelUnavailable` the CLI can print.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     tracking.setup()
     try:
         source = _resolve(model_uri)
-        model = mlflow.keras.load_model(source["loaded_uri"])
-    except (MlflowException, OSError) as err:
+        network, recipe = load_segmenter(source["loaded_uri"])
+    except (MlflowException, OSError, ValueError) as err:
         reason = (getattr(err, "message", "") or str(err) or type(err).__name__).splitlines()[0].rstrip(".")
         raise ModelUnavailable(
             f"cannot load model {model_uri}: {reason}. "
             "Register and promote a model with `dvc repro promote`, or pass another --model-uri.") from err
-    log.info("scoring with %s", source)
-    return model, source
+    log.info("scoring with %s, recipe %s", source, recipe)
+    return network, recipe, source
 
 
 def _resolve(model_uri: str) -> dict[str, str]:
@@ -94,24 +100,17 @@ def _parse_models_uri(model_uri: str) -> tuple[str, str, str]:
     return (name, "", version) if name and version.isdigit() else ("", "", "")
 
 
-def segment_image(model, image: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """uint16 labels and the uint8 RGB outline overlay of one image as read from disk.
-
-    The overlay is drawn on the percentile-normalised image, so dim 16-bit or dark
-    fluorescence images are visible in it.
-    """
-    prep = params["prepare"]
-    normalised = io.normalize_image(image, float(prep["normalize_low"]), float(prep["normalize_high"]))
-    labels, _ = segment(model, normalised, params)
-    overlay = draw_outlines(np.round(normalised * 255).astype(np.uint8), labels)
-    return labels.astype(np.uint16), overlay
+def overlay_of(image: np.ndarray, labels: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """uint8 RGB outlines drawn on the normalised image at its own size, so dim 16-bit or dark
+    fluorescence images are visible in it."""
+    return draw_outlines(preprocess(image, recipe.normalize_low, recipe.normalize_high), labels)
 
 
 def nucleus_stats(labels: np.ndarray) -> tuple[int, float]:
     """Number of nuclei and their mean area in pixels (0 when there are none)."""
     areas = np.bincount(labels.ravel())[1:]
     areas = areas[areas > 0]
-    return int(areas.size), round(float(areas.mean()), 2) if areas.size else 0.0
+    return count_nuclei(labels), round(float(areas.mean()), 2) if areas.size else 0.0
 
 
 def load_modality_model(path: str | Path) -> dict[str, Any] | None:
@@ -128,41 +127,75 @@ def modality_of(model: dict[str, Any] | None, image: np.ndarray) -> str:
     return modality.predict(model, modality.image_features(image))[0] if model else UNKNOWN_MODALITY
 
 
-def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: dict[str, Any]) -> ScoreResult:
-    """Score every image of `input_dir` (DSB layout or flat) into `output_dir`; see module doc."""
+ENGINES = ("local", "spark")
+
+
+def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: dict[str, Any],
+        geojson: bool = False, engine: str = "local", master: str = "local[2]") -> ScoreResult:
+    """Score every image of `input_dir` (DSB layout or flat) into `output_dir`; see module doc.
+    `params` only says where the modality model is; the segmentation settings are the model's.
+
+    `engine="spark"` segments on Spark (`master`: `local[N]` or a cluster URL) and writes the same
+    outputs; the rest (overlays, tables, measurements) is written here, as for the local engine.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     images = io.find_images(input_dir)  # raises FileNotFoundError naming a missing folder
     if not images:
         raise FileNotFoundError(f"{input_dir}: no images ({', '.join(io.IMAGE_SUFFIXES)}) found")
     output_dir = Path(output_dir)
-    model, source = load_model(model_uri)
+    network, recipe, source = load_model(model_uri)
     modality_model = load_modality_model(params.get("score", {}).get("modality_model", DEFAULT_MODALITY_MODEL))
-    result, rows, counts = ScoreResult(), [], []
-    for image_id, path in tqdm(images, desc="score: segmenting images", unit="image"):
+    on_spark = {}
+    if engine == "spark":
+        from nucseg.mlops.spark_engine import segment_with_spark
+
+        log.info("score: segmenting %d image(s) on Spark (%s)", len(images), master)
+        on_spark = segment_with_spark(images, source["loaded_uri"], master)
+    result, rows, counts, measurements = ScoreResult(), [], [], []
+    for image_id, path in tqdm(images, desc=f"score: {'writing' if on_spark else 'segmenting'} images", unit="image"):
         try:
             image = io.read_image(path)
-        except io.ImageError as err:
-            log.error("not scored: %s", err)
-            result.failed.append((err.path, err.problem))
+            labels = _from_spark(on_spark[image_id], path) if on_spark else segment(network, image, recipe)
+        except (io.ImageError, ValueError) as err:  # one bad image never sinks the batch
+            problem = err.problem if isinstance(err, io.ImageError) else str(err)
+            log.error("not scored: %s: %s", path, problem)
+            result.failed.append((str(path), problem))
             continue
-        labels, overlay = segment_image(model, image, params)
         io.write_png(output_dir / "labels" / f"{image_id}.png", labels)
-        io.write_png(output_dir / "overlays" / f"{image_id}.png", overlay)
+        io.write_png(output_dir / "overlays" / f"{image_id}.png", overlay_of(image, labels, recipe))
+        if geojson:
+            io.write_json(output_dir / "outlines" / f"{image_id}.geojson", outlines_geojson(labels))
         rows += rle.submission_rows(image_id, labels)
+        measurements.append(measure(labels, image).assign(ImageId=image_id))
         count, mean_area = nucleus_stats(labels)
         counts.append({"ImageId": image_id, "nuclei": count, "mean_area_px": mean_area,
                        "modality": modality_of(modality_model, image)})
         result.scored.append(image_id)
-    _write_tables(output_dir, rows, counts, result.failed, source)
+    _write_tables(output_dir, rows, counts, measurements, result.failed, source)
     log.info("scored %d image(s) into %s; %d failed", len(result.scored), output_dir, len(result.failed))
     return result
 
 
-def _write_tables(output_dir: Path, rows, counts, failed, source: dict[str, str]) -> None:
-    """The run's tables; `errors.csv` exists only when something failed, so a stale one from an
-    earlier run in the same folder is removed rather than left to mislead."""
+def _from_spark(result: tuple[bytes, str], path: Path) -> np.ndarray:
+    data, error = result
+    if error:
+        raise io.ImageError(path, error.removeprefix("row ").split(": ", 1)[-1])
+    return io.decode_image(data, path)
+
+
+MEASUREMENT_COLUMNS = ["ImageId", *COLUMNS]
+
+
+def _write_tables(output_dir: Path, rows, counts, measurements, failed, source: dict[str, str]) -> None:
+    """The run's tables, all written together at the end, so they always describe the same run;
+    `errors.csv` exists only when something failed, so a stale one from an earlier run in the
+    same folder is removed rather than left to mislead."""
     io.write_csv(output_dir / "submission.csv", pd.DataFrame(rows, columns=["ImageId", "EncodedPixels"]))
     io.write_csv(output_dir / "counts.csv",
                  pd.DataFrame(counts, columns=["ImageId", "nuclei", "mean_area_px", "modality"]))
+    table = pd.concat(measurements, ignore_index=True) if measurements else pd.DataFrame()
+    io.write_csv(output_dir / "measurements.csv", table.reindex(columns=MEASUREMENT_COLUMNS).round(4))
     io.write_json(output_dir / "model.json", source)
     errors = output_dir / "errors.csv"
     if failed:
@@ -171,16 +204,16 @@ def _write_tables(output_dir: Path, rows, counts, failed, source: dict[str, str]
         errors.unlink(missing_ok=True)
 
 
-def predict_one(model_uri: str, image_path: str | Path, output_dir: str | Path, params: dict[str, Any]) -> int:
+def predict_one(model_uri: str, image_path: str | Path, output_dir: str | Path) -> int:
     """Segment one image into `<id>_labels.png` and `<id>_overlay.png`; returns its nucleus count.
 
     The image is read before the model is loaded, so a bad file fails fast with `io.ImageError`.
     """
     image_path, output_dir = Path(image_path), Path(output_dir)
     image = io.read_image(image_path)
-    model, _ = load_model(model_uri)
-    labels, overlay = segment_image(model, image, params)
+    network, recipe, _ = load_model(model_uri)
+    labels = segment(network, image, recipe)
     image_id = io.image_id_of(image_path)
     io.write_png(output_dir / f"{image_id}_labels.png", labels)
-    io.write_png(output_dir / f"{image_id}_overlay.png", overlay)
+    io.write_png(output_dir / f"{image_id}_overlay.png", overlay_of(image, labels, recipe))
     return nucleus_stats(labels)[0]

@@ -1,0 +1,88 @@
+"""The segmenter: its recipe, test-time flips, and one path for evaluation and scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from nucseg import io
+from nucseg.core.segment import Recipe, probability_maps, segment, segment_prepared
+from nucseg.stages.prepare import prepare_sample
+
+
+def pointwise_model():
+    """A 1x1-convolution network: it treats every pixel alike, so flipping the input flips the output."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(2, 1, activation="sigmoid")])
+
+
+def random_unet():
+    import keras
+
+    from nucseg.core.unet import build_unet
+
+    keras.utils.set_random_seed(1)
+    return build_unet(depth=2, base_filters=4, dropout=0.0, batchnorm=False)
+
+
+def test_recipe_round_trips_and_rejects_bad_values():
+    recipe = Recipe(fg_threshold=0.4, resize=256, tta=True)
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    with pytest.raises(ValueError, match="fg_threshold is a probability"):
+        Recipe(fg_threshold=1.5)
+    with pytest.raises(ValueError, match="tile_overlap < tile_size"):
+        Recipe(tile_size=64, tile_overlap=64)
+    with pytest.raises(ValueError, match="unknown setting"):
+        Recipe.from_dict({"fg_treshold": 0.5})
+
+
+def test_recipe_from_params_takes_its_three_sections(default_params):
+    recipe = Recipe.from_params(default_params)
+    assert recipe.normalize_high == default_params["prepare"]["normalize_high"]
+    assert recipe.tile_size == default_params["inference"]["tile_size"]
+    assert recipe.min_object_area == default_params["postprocess"]["min_object_area"]
+
+
+def test_tta_of_a_symmetric_model_equals_no_tta():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    model = pointwise_model()
+    plain = probability_maps(model, image, Recipe())
+    flipped = probability_maps(model, image, Recipe(tta=True))
+    np.testing.assert_allclose(flipped, plain, atol=1e-6)
+
+
+def test_tta_averages_the_flips_of_an_asymmetric_model():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    model = random_unet()
+    views = [probability_maps(model, np.ascontiguousarray(image[::r, ::c]), Recipe())[::r, ::c]
+             for r, c in ((1, 1), (-1, 1), (1, -1), (-1, -1))]
+    np.testing.assert_allclose(probability_maps(model, image, Recipe(tta=True)), np.mean(views, axis=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("resize", [0, 48])
+def test_evaluation_and_scoring_give_identical_labels(tmp_path, params, resize):
+    """`evaluate` segments the prepared npz image, `score` the file as read: same labels."""
+    shape = (60, 90)
+    labels = np.zeros(shape, np.uint8)
+    image = np.full(shape, 30, np.uint16)
+    for k, centre in enumerate([(20, 20), (35, 50), (25, 75)]):
+        rr, cc = disk(centre, 9, shape=shape)
+        labels[rr, cc] = 255
+        image[rr, cc] = 3000 + 500 * k
+        io.write_png(tmp_path / "s" / "masks" / f"m{k}.png", np.where(labels == 255, 255, 0).astype(np.uint8))
+        labels[:] = 0
+    io.write_png(tmp_path / "s" / "images" / "s.png", image)
+    cfg = {**params["prepare"], "resize": resize}
+    recipe = Recipe(resize=resize, min_object_area=0, fg_threshold=0.45)
+    model = random_unet()
+
+    sample = prepare_sample(tmp_path / "s" / "images" / "s.png", tmp_path / "s" / "masks", cfg)
+    evaluated = segment_prepared(model, sample["image"], recipe, *sample["labels"].shape)
+    scored = segment(model, io.read_image(tmp_path / "s" / "images" / "s.png"), recipe)
+    assert scored.shape == shape and scored.dtype == np.uint16
+    np.testing.assert_array_equal(evaluated, scored)

@@ -1,0 +1,141 @@
+"""The registered model is the whole segmenter: an MLflow pyfunc that loads, predicts on good
+and bad images alike, carries its recipe and code, and answers over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from skimage.draw import disk
+
+from nucseg import io
+from nucseg.core.segment import Recipe, segment
+
+BIN = Path(sys.executable).parent
+
+
+def unet():
+    import keras
+
+    from nucseg.core.unet import build_unet
+
+    keras.utils.set_random_seed(3)
+    return build_unet(depth=2, base_filters=4, dropout=0.0, batchnorm=False)
+
+
+def disk_image(height=48, width=64) -> np.ndarray:
+    image = np.full((height, width), 20, np.uint8)
+    image[disk((20, 20), 8, shape=image.shape)] = 220
+    image[disk((30, 45), 6, shape=image.shape)] = 180
+    return image
+
+
+RECIPE = Recipe(fg_threshold=0.45, min_object_area=0, tile_size=64, tile_overlap=16)
+
+
+@pytest.fixture
+def logged(mlflow_store, tmp_path, monkeypatch):
+    import mlflow
+
+    from nucseg.mlops import tracking
+    from nucseg.mlops.segmenter_model import log_segmenter
+
+    monkeypatch.chdir(tmp_path)
+    tracking.setup()
+    network = unet()
+    with mlflow.start_run():
+        uri = log_segmenter(network, RECIPE)
+    return uri, network
+
+
+def test_round_trip_predicts_good_and_bad_images(logged):
+    import mlflow
+
+    uri, network = logged
+    model = mlflow.pyfunc.load_model(uri)
+    grey16 = disk_image().astype(np.uint16) * 200
+    import tifffile
+    from io import BytesIO
+
+    tiff = BytesIO()
+    tifffile.imwrite(tiff, grey16)
+    frame = pd.DataFrame({"image": [io.encode_png(disk_image()), b"not an image", tiff.getvalue(), b""]})
+    out = model.predict(frame)
+    assert list(out.columns) == ["labels", "nuclei", "error"] and len(out) == 4
+    expected = segment(network, disk_image(), RECIPE)  # the same network and recipe, in process
+    labels = io.decode_image(out.loc[0, "labels"])
+    np.testing.assert_array_equal(labels, expected)
+    assert labels.dtype == np.uint16 and out.loc[0, "nuclei"] == len(np.unique(expected[expected > 0]))
+    assert out.loc[0, "error"] == "" and out.loc[2, "error"] == ""
+    assert "row 1" in out.loc[1, "error"] and "cannot decode" in out.loc[1, "error"]
+    assert "row 3" in out.loc[3, "error"] and "empty" in out.loc[3, "error"]
+    assert out.loc[1, "nuclei"] == 0 and out.loc[1, "labels"] == b""
+
+
+def test_model_carries_recipe_code_signature_and_example(logged):
+    import json
+
+    import mlflow
+
+    from nucseg.mlops.segmenter_model import load_segmenter
+
+    uri, _ = logged
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    assert (local / "code" / "nucseg" / "core" / "segment.py").exists()  # loads without this repo installed
+    recipe_file = next(local.rglob("recipe.json"))
+    assert Recipe.from_dict(json.loads(recipe_file.read_text())) == RECIPE
+    info = mlflow.models.get_model_info(uri)
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["image"]
+    assert [c["name"] for c in info.signature.outputs.to_dict()] == ["labels", "nuclei", "error"]
+    assert info.saved_input_example_info is not None
+    assert load_segmenter(uri)[1] == RECIPE
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_served_model_answers_over_http(logged, tmp_path):
+    import requests
+
+    uri, network = logged
+    port = free_port()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/ping", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(1)
+        else:
+            pytest.fail(f"mlflow models serve did not start: {(tmp_path / 'serve.log').read_text()[-2000:]}")
+        image = base64.b64encode(io.encode_png(disk_image())).decode()
+        body = {"dataframe_split": {"columns": ["image"], "data": [[image], [base64.b64encode(b"junk").decode()]]}}
+        reply = requests.post(f"{url}/invocations", json=body, timeout=60)
+        assert reply.status_code == 200, reply.text
+        rows = reply.json()["predictions"]
+        labels = io.decode_image(base64.b64decode(rows[0]["labels"]))
+        np.testing.assert_array_equal(labels, segment(network, disk_image(), RECIPE))
+        assert rows[0]["nuclei"] == len(np.unique(labels[labels > 0])) and rows[0]["error"] == ""
+        assert "cannot decode" in rows[1]["error"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
