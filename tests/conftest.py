@@ -93,3 +93,28 @@ def tiny_params(params) -> dict:
                            max_minutes=5)
     params["inference"].update(tile_size=64, tile_overlap=16)
     return params
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, server, log_path: Path, what: str, timeout: float = 120) -> None:
+    """Poll `url` until it answers 200; stop `server` and fail with its log's tail otherwise."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).ok:
+                return
+        except requests.RequestException:
+            time.sleep(0.5)
+    server.terminate()
+    pytest.fail(f"{what} did not start: {Path(log_path).read_text()[-2000:]}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_TRAIN, REAL_TEST = ROOT / "data" / "stage1_train", ROOT / "data" / "stage1_test"
@@ -112,12 +112,6 @@ def test_pipeline_ends_with_champion_and_submission(pipeline):
     assert "Data and pipelines are up to date" in (pipeline / "second_repro.log").read_text()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(pipeline):
     port = free_port()
@@ -127,18 +121,7 @@ def mlflow_server(pipeline):
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         cwd=pipeline, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     url = f"http://127.0.0.1:{port}"
-    import requests
-
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                break
-        except requests.RequestException:
-            time.sleep(0.5)
-    else:
-        server.terminate()
-        pytest.fail(f"mlflow server did not start: {(pipeline / 'mlflow_server.log').read_text()[-2000:]}")
+    wait_until_up(f"{url}/health", server, pipeline / "mlflow_server.log", "mlflow server", timeout=90)
     yield url
     server.terminate()
     server.wait(timeout=30)

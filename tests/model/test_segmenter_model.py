@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import free_port, wait_until_up
 from skimage.draw import disk
 
 from nucseg import io
@@ -99,12 +98,6 @@ def test_model_carries_recipe_code_signature_and_example(logged):
     assert load_segmenter(uri)[1] == RECIPE
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_served_model_answers_over_http(logged, tmp_path):
     import requests
@@ -118,15 +111,7 @@ def test_served_model_answers_over_http(logged, tmp_path):
                               stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/ping", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(1)
-        else:
-            pytest.fail(f"mlflow models serve did not start: {(tmp_path / 'serve.log').read_text()[-2000:]}")
+        wait_until_up(f"{url}/ping", server, tmp_path / "serve.log", "mlflow models serve")
         image = base64.b64encode(io.encode_png(disk_image())).decode()
         body = {"dataframe_split": {"columns": ["image"], "data": [[image], [base64.b64encode(b"junk").decode()]]}}
         reply = requests.post(f"{url}/invocations", json=body, timeout=60)
