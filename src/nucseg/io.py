@@ -43,9 +43,8 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 def decode_image(data: bytes, name: str | Path = "image") -> np.ndarray:
     """`read_image` for bytes already in memory (an upload, a DataFrame cell); `name` is what
     error messages call it. TIFFs are recognised by their signature, whatever the name says."""
-    path = name
     if len(data) == 0:
-        raise ImageError(path, "file is empty (0 bytes)")
+        raise ImageError(name, "file is empty (0 bytes)")
     if bytes(data[:4]) in TIFF_MAGIC:
         image = _read_tiff(data)  # tifffile sees every page and sample; OpenCV only the first page
     else:
@@ -53,15 +52,15 @@ def decode_image(data: bytes, name: str | Path = "image") -> np.ndarray:
         if image is not None and image.ndim == 3 and image.shape[2] in (3, 4):
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
     if image is None:
-        raise ImageError(path, "cannot decode image (corrupt or not an image file)")
+        raise ImageError(name, "cannot decode image (corrupt or not an image file)")
     if image.size == 0:
-        raise ImageError(path, f"image has no pixels (shape {image.shape})")
+        raise ImageError(name, f"image has no pixels (shape {image.shape})")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     if image.ndim not in (2, 3):
-        raise ImageError(path, f"expected a 2-D or 3-D image, got shape {image.shape}")
+        raise ImageError(name, f"expected a 2-D or 3-D image, got shape {image.shape}")
     if image.ndim == 3 and image.shape[2] not in (3, 4):
-        raise ImageError(path, f"expected 1, 3 or 4 channels, got {image.shape[2]}")
+        raise ImageError(name, f"expected 1, 3 or 4 channels, got {image.shape[2]}")
     return image
 
 

@@ -19,6 +19,12 @@ class MlflowLive(keras.callbacks.Callback):
         mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
 
 
+def uncompiled(model: keras.Model) -> keras.Model:
+    """The same layers and weights without loss, metrics or optimizer: loading it back needs none
+    of our custom losses and metrics."""
+    return keras.Model(model.inputs, model.outputs)
+
+
 def log_keras_model(model: keras.Model, name: str = "model") -> str:
     """Log an uncompiled copy (loading it then needs none of our custom losses/metrics) with a
     signature that admits any image size; returns the logged model's URI."""
@@ -26,7 +32,7 @@ def log_keras_model(model: keras.Model, name: str = "model") -> str:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    plain = keras.Model(model.inputs, model.outputs)
+    plain = uncompiled(model)
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, 3), "image")]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, 2), "maps")]))
     return mlflow.keras.log_model(plain, name=name, signature=signature,

@@ -23,7 +23,7 @@ import pandas as pd
 
 from nucseg import io
 from nucseg.core.segment import Recipe, segment
-from nucseg.mlops.logged_models import serving_requirements
+from nucseg.mlops.logged_models import serving_requirements, uncompiled
 
 ARTIFACT_NAME = "segmenter"
 OUTPUT_COLUMNS = ["labels", "nuclei", "error"]
@@ -86,13 +86,12 @@ def _example_image() -> bytes:
 
 def log_segmenter(network, recipe: Recipe, name: str = ARTIFACT_NAME) -> str:
     """Log the segmenter into the active run; returns its model URI."""
-    import keras
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
     import nucseg
 
-    plain = keras.Model(network.inputs, network.outputs)  # uncompiled: loading needs none of our losses
+    plain = uncompiled(network)
     signature = ModelSignature(inputs=Schema([ColSpec("binary", "image")]),
                                outputs=Schema([ColSpec("binary", "labels"), ColSpec("long", "nuclei"),
                                                ColSpec("string", "error")]))

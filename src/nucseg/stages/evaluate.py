@@ -52,15 +52,14 @@ def run(params: dict[str, Any], model_dir: str | Path = "models/untuned", split_
 
     model_dir = Path(model_dir)
     model = keras.saving.load_model(model_dir / "model.keras", compile=False)  # inference only
-    summaries, tables = {}, []
-    for split in ("val", "test"):
-        samples = load_split_samples(split_path, samples_dir, split)
-        per_image, predictions = evaluate_model(model, samples, Recipe.from_params(params), desc=f"evaluate {split}")
-        summaries[split] = summarize(per_image)
-        tables.append(per_image.assign(split=split))
-    test = tables[-1]
+    recipe = Recipe.from_params(params)
+    samples = {split: load_split_samples(split_path, samples_dir, split) for split in ("val", "test")}
+    results = {split: evaluate_model(model, part, recipe, desc=f"evaluate {split}") for split, part in samples.items()}
+    summaries = {split: summarize(per_image) for split, (per_image, _) in results.items()}
+    test, predictions = results["test"]
     per_modality = pd.DataFrame([{"modality": m, **v} for m, v in summaries["test"]["per_modality"].items()])
-    io.write_csv(per_image_path, pd.concat(tables, ignore_index=True).round(5))
+    io.write_csv(per_image_path, pd.concat([per_image.assign(split=split) for split, (per_image, _) in results.items()],
+                                           ignore_index=True).round(5))
     io.write_csv(per_modality_path, per_modality)
     io.write_csv(thresholds_path, threshold_curve(test))
     io.write_json(metrics_path, summaries)
@@ -68,7 +67,7 @@ def run(params: dict[str, Any], model_dir: str | Path = "models/untuned", split_
     run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
     with mlflow.start_run(run_id=run_id):
         datasets.log_split_inputs(split_path, ("test",), params)
-        log_to_run(summaries, test, samples, predictions, params,
+        log_to_run(summaries, test, samples["test"], predictions, params,
                    {"per_image": per_image_path, "per_modality": per_modality_path, "thresholds": thresholds_path})
     log.info("DSB: val %.4f, test %.4f; test per modality %s", summaries["val"]["overall"]["dsb"],
              summaries["test"]["overall"]["dsb"], {m: v["dsb"] for m, v in summaries["test"]["per_modality"].items()})

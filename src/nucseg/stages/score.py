@@ -106,13 +106,6 @@ def overlay_of(image: np.ndarray, labels: np.ndarray, recipe: Recipe) -> np.ndar
     return draw_outlines(preprocess(image, recipe.normalize_low, recipe.normalize_high), labels)
 
 
-def nucleus_stats(labels: np.ndarray) -> tuple[int, float]:
-    """Number of nuclei and their mean area in pixels (0 when there are none)."""
-    areas = np.bincount(labels.ravel())[1:]
-    areas = areas[areas > 0]
-    return count_nuclei(labels), round(float(areas.mean()), 2) if areas.size else 0.0
-
-
 def load_modality_model(path: str | Path) -> dict[str, Any] | None:
     """The fitted modality k-means, or None when the `modality` stage has not produced it:
     counts then say "unknown" instead of scoring failing for a nice-to-have column."""
@@ -156,7 +149,7 @@ def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: d
     for image_id, path in tqdm(images, desc=f"score: {'writing' if on_spark else 'segmenting'} images", unit="image"):
         try:
             image = io.read_image(path)
-            labels = _from_spark(on_spark[image_id], path) if on_spark else segment(network, image, recipe)
+            labels = _from_spark(on_spark[image_id], path) if engine == "spark" else segment(network, image, recipe)
         except (io.ImageError, ValueError) as err:  # one bad image never sinks the batch
             problem = err.problem if isinstance(err, io.ImageError) else str(err)
             log.error("not scored: %s: %s", path, problem)
@@ -167,9 +160,10 @@ def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: d
         if geojson:
             io.write_json(output_dir / "outlines" / f"{image_id}.geojson", outlines_geojson(labels))
         rows += rle.submission_rows(image_id, labels)
-        measurements.append(measure(labels, image).assign(ImageId=image_id))
-        count, mean_area = nucleus_stats(labels)
-        counts.append({"ImageId": image_id, "nuclei": count, "mean_area_px": mean_area,
+        nuclei = measure(labels, image)
+        measurements.append(nuclei.assign(ImageId=image_id))
+        counts.append({"ImageId": image_id, "nuclei": len(nuclei),
+                       "mean_area_px": round(float(nuclei["area"].mean()), 2) if len(nuclei) else 0.0,
                        "modality": modality_of(modality_model, image)})
         result.scored.append(image_id)
     _write_tables(output_dir, rows, counts, measurements, result.failed, source)
@@ -180,7 +174,7 @@ def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: d
 def _from_spark(result: tuple[bytes, str], path: Path) -> np.ndarray:
     data, error = result
     if error:
-        raise io.ImageError(path, error.removeprefix("row ").split(": ", 1)[-1])
+        raise io.ImageError(path, error.split(": ", 1)[-1])  # the pyfunc names the row; we name the file
     return io.decode_image(data, path)
 
 
@@ -216,4 +210,4 @@ def predict_one(model_uri: str, image_path: str | Path, output_dir: str | Path) 
     image_id = io.image_id_of(image_path)
     io.write_png(output_dir / f"{image_id}_labels.png", labels)
     io.write_png(output_dir / f"{image_id}_overlay.png", overlay_of(image, labels, recipe))
-    return nucleus_stats(labels)[0]
+    return count_nuclei(labels)
