@@ -168,6 +168,7 @@ def test_better_tuned_model_is_champion_and_rerun_is_idempotent(world, promote, 
     tags = mlflow.MlflowClient().get_model_version(NAME, str(versions["tuned"])).tags
     assert tags["candidate"] == "tuned" and tags["dsb"] == "1.0" and tags["dsb_fluorescence"] == "1.0"
     assert {"data_md5", "git_commit", "pixel_iou", "pixel_dice", "decision"} <= set(tags)
+    assert tags["runtime"] in ("onnx", "keras") and float(tags["runtime.onnx_seconds_per_megapixel"]) > 0
 
     assert json.loads((tmp_path / "reports" / "promotion.json").read_text()) == result
     report = (tmp_path / "reports" / "promotion.md").read_text()

@@ -98,6 +98,47 @@ def test_model_carries_recipe_code_signature_and_example(logged):
     assert load_segmenter(uri)[1] == RECIPE
 
 
+def test_network_travels_as_onnx_and_both_runtimes_segment_alike(logged):
+    import mlflow
+
+    from nucseg.core.runtime import OnnxNetwork
+    from nucseg.mlops.segmenter_model import load_segmenter
+
+    uri, network = logged
+    info = mlflow.models.get_model_info(uri)
+    choice = info.metadata["runtime_choice"]
+    assert choice["runtime"] in ("onnx", "keras") and choice["max_difference"] < 1e-4
+    assert choice["keras_seconds_per_megapixel"] > 0 and choice["onnx_seconds_per_megapixel"] > 0
+    on_onnx, recipe = load_segmenter(uri, runtime_name="onnx")
+    on_keras, _ = load_segmenter(uri, runtime_name="keras")
+    assert isinstance(on_onnx, OnnxNetwork) and not isinstance(on_keras, OnnxNetwork)
+    np.testing.assert_array_equal(segment(on_onnx, disk_image(), recipe), segment(on_keras, disk_image(), recipe))
+    assert "onnxruntime==" in (Path(mlflow.artifacts.download_artifacts(uri)) / "requirements.txt").read_text()
+
+
+def test_unloadable_onnx_falls_back_to_keras(logged, tmp_path, caplog):
+    import mlflow
+
+    from nucseg.core.runtime import OnnxNetwork
+    from nucseg.mlops.segmenter_model import load_segmenter
+
+    uri, network = logged
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "copy")))
+    next(local.rglob("network.onnx")).write_bytes(b"truncated")
+    with caplog.at_level("WARNING"):
+        fallback, recipe = load_segmenter(str(local), runtime_name="onnx")
+    assert not isinstance(fallback, OnnxNetwork)
+    assert "network.onnx: not a loadable ONNX model" in caplog.text and "with Keras" in caplog.text
+    np.testing.assert_array_equal(segment(fallback, disk_image(), recipe), segment(network, disk_image(), RECIPE))
+
+
+def test_unknown_runtime_is_refused(logged):
+    from nucseg.mlops.segmenter_model import load_segmenter
+
+    with pytest.raises(Exception, match="runtime must be one of"):
+        load_segmenter(logged[0], runtime_name="tensorrt")
+
+
 @pytest.mark.slow
 def test_served_model_answers_over_http(logged, tmp_path):
     import requests

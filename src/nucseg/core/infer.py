@@ -2,19 +2,19 @@
 
 DSB images range from 256x256 to beyond 1000x1000 and scoring must not resize them (the
 metric is per-object), so small images go through the network in one piece and large ones
-tile by tile with overlapping, smoothly blended tiles.
+tile by tile with overlapping, smoothly blended tiles. The network is anything with Keras's
+`predict_on_batch` (a Keras model, or `runtime.OnnxNetwork`).
 """
 
 from __future__ import annotations
 
 import math
 
-import keras
 import numpy as np
 
 
 def predict_maps(
-    model: keras.Model,
+    model,
     image: np.ndarray,
     *,
     multiple: int = 16,
@@ -39,7 +39,7 @@ def predict_maps(
 
 
 def _predict_tiled(
-    model: keras.Model,
+    model,
     image: np.ndarray,
     multiple: int,
     tile_size: int,
@@ -73,7 +73,7 @@ def _predict_tiled(
     return total
 
 
-def _predict(model: keras.Model, batch: np.ndarray) -> np.ndarray:
+def _predict(model, batch: np.ndarray) -> np.ndarray:
     # predict_on_batch skips predict()'s dataset/callback machinery: ~2x faster per image.
     return np.asarray(model.predict_on_batch(batch), dtype=np.float32)
 

@@ -39,12 +39,14 @@ def log_keras_model(model: keras.Model, name: str = "model") -> str:
                                   pip_requirements=serving_requirements()).model_uri
 
 
-def serving_requirements() -> list[str]:
+def serving_requirements(onnx: bool = False) -> list[str]:
     """Pins of what loading the model needs; stating them skips MLflow's slow inference of them."""
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for package in ("mlflow", "keras", "tensorflow-cpu", "tensorflow", "jax", "numpy"):
+    packages = ("mlflow", "keras", "tensorflow-cpu", "tensorflow", "jax", "numpy", "opencv-python-headless",
+                "scikit-image", "scipy", "pandas", "tifffile", "pyyaml") + (("onnxruntime",) if onnx else ())
+    for package in packages:
         try:
             pins.append(f"{package}=={version(package)}")
         except PackageNotFoundError:

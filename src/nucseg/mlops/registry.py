@@ -197,7 +197,8 @@ def register(client, name: str, candidate: Candidate, reason: str) -> int:
     version = find_version(client, name, candidate)
     if version is None:
         version = int(mlflow.register_model(candidate.model_uri, name).version)
-    for key, value in version_tags(candidate, reason).items():
+    runtime_choice = (mlflow.models.get_model_info(candidate.model_uri).metadata or {}).get("runtime_choice", {})
+    for key, value in version_tags(candidate, reason, runtime_choice).items():
         client.set_model_version_tag(name, str(version), key, value)
     overall = candidate.summary["overall"]
     client.update_model_version(name, str(version), description=(
@@ -219,7 +220,9 @@ def source_lineage(client, run_id: str, current: dict[str, str]) -> dict[str, st
     return {key: tags.get(key, value) for key, value in current.items()}
 
 
-def version_tags(candidate: Candidate, reason: str) -> dict[str, str]:
+def version_tags(candidate: Candidate, reason: str, runtime_choice: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Tags a version carries: scores, lineage, the recipe's settings and the network runtime it
+    runs on (with the timings that chose it)."""
     overall = candidate.summary["overall"]
     tags = {"candidate": candidate.name, "decision": reason, **candidate.lineage,
             **{key: str(overall[key]) for key in ("dsb", "pixel_iou", "pixel_dice")},
@@ -227,6 +230,10 @@ def version_tags(candidate: Candidate, reason: str) -> dict[str, str]:
     if candidate.val_loss is not None:
         tags["val_loss"] = str(candidate.val_loss)
     tags.update({f"recipe.{key}": str(value) for key, value in candidate.recipe.to_dict().items()})
+    choice = runtime_choice or {}
+    tags["runtime"] = choice.get("runtime", "keras")
+    tags.update({f"runtime.{key}": str(choice[key]) for key in ("keras_seconds_per_megapixel",
+                                                               "onnx_seconds_per_megapixel") if key in choice})
     return tags
 
 

@@ -2,6 +2,13 @@
 `Recipe` (normalisation, resize, tiling, flips, watershed thresholds), with this package as code,
 so it loads and serves without this repository installed.
 
+The network also travels as ONNX when the export reproduces it; the model's `runtime` config
+(`onnx` or `keras`) is whichever ran faster when it was logged, and can be overridden at load
+time (`mlflow.pyfunc.load_model(uri, model_config={"runtime": "keras"})`, or
+`MLFLOW_PYFUNC_INFERENCE_CONFIG='{"runtime": "keras"}'` for `mlflow models serve`), as can
+`threads` (ONNX Runtime threads, 0 = one per core). ONNX that cannot run where the model is
+loaded falls back to Keras with a warning.
+
 Contract of `predict(DataFrame)`: a column `image` of encoded image bytes (PNG, TIFF or JPEG;
 any size; 8/16-bit; grey, RGB or RGBA) in, and per row `labels` (PNG-encoded uint16 instance
 labels), `nuclei` (count) and `error` (empty, or what is wrong with that row's image) out. One
@@ -22,21 +29,36 @@ import numpy as np
 import pandas as pd
 
 from nucseg import io
+from nucseg.config import get_logger
+from nucseg.core import runtime
 from nucseg.core.segment import Recipe, segment
-from nucseg.mlops.logged_models import serving_requirements, uncompiled
+
+log = get_logger("nucseg.segmenter")
 
 ARTIFACT_NAME = "segmenter"
 OUTPUT_COLUMNS = ["labels", "nuclei", "error"]
 
 
 class SegmenterModel(mlflow.pyfunc.PythonModel):
-    """`mlflow.pyfunc` face of the segmenter; `network` and `recipe` are set by `load_context`."""
+    """`mlflow.pyfunc` face of the segmenter; `network`, `runtime` and `recipe` are set by
+    `load_context`."""
 
     def load_context(self, context) -> None:
-        import keras
-
-        self.network = keras.saving.load_model(context.artifacts["network"], compile=False)
         self.recipe = Recipe.from_dict(json.loads(Path(context.artifacts["recipe"]).read_text()))
+        config = context.model_config or {}
+        self.runtime = config.get("runtime", "keras")
+        if self.runtime not in runtime.RUNTIMES:
+            raise ValueError(f"model_config runtime must be one of {runtime.RUNTIMES}, got {self.runtime!r}")
+        if self.runtime == "onnx":
+            try:
+                self.network = runtime.OnnxNetwork(context.artifacts["onnx"], threads=int(config.get("threads", 0)))
+                log.info("the network runs with ONNX Runtime")
+                return
+            except (KeyError, runtime.RuntimeUnavailable) as err:
+                reason = "the model has no ONNX network" if isinstance(err, KeyError) else str(err)
+                log.warning("ONNX Runtime unavailable (%s): running the network with Keras", reason)
+                self.runtime = "keras"
+        self.network = runtime.load_keras(context.artifacts["network"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         return predict_frame(self.network, self.recipe, model_input)
@@ -90,29 +112,64 @@ def log_segmenter(network, recipe: Recipe, name: str = ARTIFACT_NAME) -> str:
     from mlflow.types.schema import ColSpec, Schema
 
     import nucseg
+    from nucseg.mlops.logged_models import serving_requirements, uncompiled
 
     plain = uncompiled(network)
     signature = ModelSignature(inputs=Schema([ColSpec("binary", "image")]),
                                outputs=Schema([ColSpec("binary", "labels"), ColSpec("long", "nuclei"),
                                                ColSpec("string", "error")]))
     with tempfile.TemporaryDirectory() as tmp:
-        network_path, recipe_path = Path(tmp) / "network.keras", Path(tmp) / "recipe.json"
-        plain.save(network_path)
-        recipe_path.write_text(recipe.to_json())
+        artifacts = {"network": str(Path(tmp) / "network.keras"), "recipe": str(Path(tmp) / "recipe.json")}
+        plain.save(artifacts["network"])
+        Path(artifacts["recipe"]).write_text(recipe.to_json())
+        onnx_path = Path(tmp) / "network.onnx"
+        choice = choose_runtime(plain, onnx_path)
+        if onnx_path.exists():
+            artifacts["onnx"] = str(onnx_path)
         info = mlflow.pyfunc.log_model(
-            name=name, python_model=SegmenterModel(),
-            artifacts={"network": str(network_path), "recipe": str(recipe_path)},
+            name=name, python_model=SegmenterModel(), artifacts=artifacts,
             code_paths=[str(Path(nucseg.__file__).parent)], signature=signature,
-            input_example=pd.DataFrame({"image": [_example_image()]}), pip_requirements=serving_requirements())
+            input_example=pd.DataFrame({"image": [_example_image()]}), model_config={"runtime": choice["runtime"], "threads": 0},
+            metadata={"runtime_choice": choice},
+            pip_requirements=serving_requirements(onnx="onnx" in artifacts))
     return info.model_uri
 
 
-def load_segmenter(model_uri: str, fallback_recipe: Recipe | None = None) -> tuple[Any, Recipe]:
-    """(network, recipe) of a logged or registered segmenter. A bare Keras network (registered
-    before the recipe travelled with the model) gets `fallback_recipe`, or is refused without one."""
+def choose_runtime(network, onnx_path: Path) -> dict[str, Any]:
+    """Export `network` to `onnx_path` and time both runtimes on typical DSB sizes; the faster
+    one becomes the model's runtime. An export that fails, or that does not reproduce the
+    network's maps, is deleted and Keras it is. Returns the choice and what it was based on."""
+    channels = network.inputs[0].shape[-1]
+    try:
+        runtime.export_onnx(network, onnx_path)
+        onnx_network = runtime.OnnxNetwork(onnx_path)
+    except Exception as err:  # noqa: BLE001 - any exporter failure means: no ONNX, keep Keras
+        onnx_path.unlink(missing_ok=True)
+        log.warning("no ONNX export (%s): the model will run with Keras", str(err).splitlines()[0] if str(err) else err)
+        return {"runtime": "keras", "reason": f"ONNX export failed: {err}"[:500]}
+    difference = runtime.max_difference(network, onnx_network, runtime.BENCHMARK_SHAPES[0], channels)
+    if difference > runtime.MAX_EXPORT_DIFFERENCE:
+        onnx_path.unlink()
+        log.warning("ONNX export differs from the network by %.2g: the model will run with Keras", difference)
+        return {"runtime": "keras", "reason": f"ONNX export differs by {difference:.2g}", "max_difference": difference}
+    seconds = {"keras": runtime.seconds_per_megapixel(network, channels),
+               "onnx": runtime.seconds_per_megapixel(onnx_network, channels)}
+    faster = min(seconds, key=seconds.get)
+    log.info("network seconds per megapixel: Keras %.4f, ONNX Runtime %.4f: the model runs with %s",
+             seconds["keras"], seconds["onnx"], faster)
+    return {"runtime": faster, "reason": "faster on typical DSB sizes", "max_difference": difference,
+            "keras_seconds_per_megapixel": round(seconds["keras"], 5),
+            "onnx_seconds_per_megapixel": round(seconds["onnx"], 5)}
+
+
+def load_segmenter(model_uri: str, fallback_recipe: Recipe | None = None,
+                   runtime_name: str | None = None) -> tuple[Any, Recipe]:
+    """(network, recipe) of a logged or registered segmenter, the network on the model's own
+    runtime or on `runtime_name`. A bare Keras network (registered before the recipe travelled
+    with the model) gets `fallback_recipe`, or is refused without one."""
     from mlflow.exceptions import MlflowException
 
-    loaded = mlflow.pyfunc.load_model(model_uri)
+    loaded = mlflow.pyfunc.load_model(model_uri, model_config={"runtime": runtime_name} if runtime_name else None)
     try:
         python_model = loaded.unwrap_python_model()
     except MlflowException:

@@ -1,8 +1,9 @@
 """Scoring at scale: the registered segmenter applied on Spark, one model load per partition.
 
 `spark_udf` cannot return the binary label images, so the pyfunc runs inside `mapInPandas`:
-each partition loads the model once and segments its images in batches. Executors read the
-image files themselves, so the paths must be visible to them (a shared filesystem on a cluster).
+each partition loads the model once, segments its images in batches, and also draws and
+measures them (`image_outputs`), so the driver only writes files. Executors read the image
+files themselves, so the paths must be visible to them (a shared filesystem on a cluster).
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-RESULT_SCHEMA = "id string, labels binary, error string"
+from nucseg.core.image_outputs import ROW_SCHEMA, ImageOutputs
 
 
-def segment_with_spark(images: list[tuple[str, Path]], model_uri: str, master: str = "local[2]",
-                       partitions: int | None = None) -> dict[str, tuple[bytes, str]]:
-    """{image id: (PNG-encoded labels, error)} for every image, segmented by `model_uri`."""
+def score_with_spark(images: list[tuple[str, Path]], model_uri: str, modality_model: dict[str, Any] | None,
+                     geojson: bool = False, master: str = "local[2]",
+                     partitions: int | None = None) -> dict[str, ImageOutputs | str]:
+    """{image id: its outputs, or what went wrong with it} for every image, scored by `model_uri`."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors use this environment's Python
     from pyspark.sql import SparkSession
 
@@ -27,23 +30,29 @@ def segment_with_spark(images: list[tuple[str, Path]], model_uri: str, master: s
         rows = [(image_id, str(Path(path).resolve())) for image_id, path in images]
         frame = spark.createDataFrame(rows, "id string, path string")
         frame = frame.repartition(partitions or spark.sparkContext.defaultParallelism)
-        result = frame.mapInPandas(_partition_scorer(model_uri), RESULT_SCHEMA).collect()
+        result = frame.mapInPandas(_partition_scorer(model_uri, modality_model, geojson), ROW_SCHEMA).collect()
     finally:
         spark.stop()
-    return {row.id: (bytes(row.labels or b""), row.error or "") for row in result}
+    return {row.id: row.error if row.error else ImageOutputs.from_row(row) for row in result}
 
 
-def _partition_scorer(model_uri: str):
+def _partition_scorer(model_uri: str, modality_model: dict[str, Any] | None, geojson: bool):
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
 
     def score(batches):
         import mlflow
         import pandas as pd
 
+        from nucseg import io
+        from nucseg.core.image_outputs import image_outputs
+
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
             mlflow.set_registry_uri(tracking_uri)
-        model = mlflow.pyfunc.load_model(model_uri)  # once per partition
+        # Once per partition, one ONNX Runtime thread: Spark already runs one task per core.
+        model = mlflow.pyfunc.load_model(model_uri, model_config={"threads": 1})
+        recipe = model.unwrap_python_model().recipe
+        columns = [column.split()[0] for column in ROW_SCHEMA.split(", ")]
         for batch in batches:
             data, unreadable = [], {}
             for index, path in zip(batch.index, batch["path"]):
@@ -52,8 +61,19 @@ def _partition_scorer(model_uri: str):
                 except OSError as err:
                     data.append(b"")
                     unreadable[index] = f"cannot read file ({err.strerror or err})"
-            out = model.predict(pd.DataFrame({"image": data}, index=batch.index))
-            errors = [unreadable.get(i, e) for i, e in zip(batch.index, out["error"])]
-            yield pd.DataFrame({"id": batch["id"].to_numpy(), "labels": out["labels"].to_numpy(), "error": errors})
+            segmented = model.predict(pd.DataFrame({"image": data}, index=batch.index))
+            rows = []
+            for image_id, image_bytes, index, labels, error in zip(batch["id"], data, batch.index,
+                                                                   segmented["labels"], segmented["error"]):
+                error = unreadable.get(index, error)
+                if not error:
+                    try:
+                        image, labels = io.decode_image(image_bytes, image_id), io.decode_image(labels, image_id)
+                        rows.append(image_outputs(image_id, image, labels, recipe, modality_model, geojson).to_row())
+                        continue
+                    except (io.ImageError, ValueError) as err:
+                        error = str(err)
+                rows.append({"id": image_id, "error": error})
+            yield pd.DataFrame(rows, columns=columns, dtype=object)  # pyarrow-backed strings confuse Spark
 
     return score

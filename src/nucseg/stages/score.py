@@ -17,15 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from nucseg import io
-from nucseg.core import modality, rle
-from nucseg.core.measure import COLUMNS, measure, outlines_geojson
-from nucseg.core.overlay import draw_outlines
-from nucseg.core.preprocess import preprocess
+from nucseg.core.image_outputs import UNKNOWN_MODALITY, ImageOutputs, image_outputs, overlay_of
+from nucseg.core.measure import COLUMNS
 from nucseg.core.segment import Recipe, segment
 from nucseg.mlops import tracking
 from nucseg.mlops.segmenter_model import count_nuclei, load_segmenter
@@ -34,7 +31,6 @@ from nucseg.config import get_logger
 log = get_logger("nucseg.score")
 
 DEFAULT_MODALITY_MODEL = "artifacts/modality_model.json"
-UNKNOWN_MODALITY = "unknown"
 MODELS_SCHEME = "models:/"
 
 
@@ -100,12 +96,6 @@ def _parse_models_uri(model_uri: str) -> tuple[str, str, str]:
     return (name, "", version) if name and version.isdigit() else ("", "", "")
 
 
-def overlay_of(image: np.ndarray, labels: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """uint8 RGB outlines drawn on the normalised image at its own size, so dim 16-bit or dark
-    fluorescence images are visible in it."""
-    return draw_outlines(preprocess(image, recipe.normalize_low, recipe.normalize_high), labels)
-
-
 def load_modality_model(path: str | Path) -> dict[str, Any] | None:
     """The fitted modality k-means, or None when the `modality` stage has not produced it:
     counts then say "unknown" instead of scoring failing for a nice-to-have column."""
@@ -116,10 +106,6 @@ def load_modality_model(path: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-def modality_of(model: dict[str, Any] | None, image: np.ndarray) -> str:
-    return modality.predict(model, modality.image_features(image))[0] if model else UNKNOWN_MODALITY
-
-
 ENGINES = ("local", "spark")
 
 
@@ -128,8 +114,8 @@ def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: d
     """Score every image of `input_dir` (DSB layout or flat) into `output_dir`; see module doc.
     `params` only says where the modality model is; the segmentation settings are the model's.
 
-    `engine="spark"` segments on Spark (`master`: `local[N]` or a cluster URL) and writes the same
-    outputs; the rest (overlays, tables, measurements) is written here, as for the local engine.
+    `engine="spark"` scores on Spark (`master`: `local[N]` or a cluster URL): executors segment,
+    draw and measure, and this process writes what comes back, the same files as the local engine.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -139,43 +125,50 @@ def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: d
     output_dir = Path(output_dir)
     network, recipe, source = load_model(model_uri)
     modality_model = load_modality_model(params.get("score", {}).get("modality_model", DEFAULT_MODALITY_MODEL))
-    on_spark = {}
     if engine == "spark":
-        from nucseg.mlops.spark_engine import segment_with_spark
+        from nucseg.mlops.spark_engine import score_with_spark
 
-        log.info("score: segmenting %d image(s) on Spark (%s)", len(images), master)
-        on_spark = segment_with_spark(images, source["loaded_uri"], master)
+        log.info("score: scoring %d image(s) on Spark (%s)", len(images), master)
+        on_spark = score_with_spark(images, source["loaded_uri"], modality_model, geojson, master)
     result, rows, counts, measurements = ScoreResult(), [], [], []
-    for image_id, path in tqdm(images, desc=f"score: {'writing' if on_spark else 'segmenting'} images", unit="image"):
+    for image_id, path in tqdm(images, desc=f"score: {'writing' if engine == 'spark' else 'scoring'} images",
+                               unit="image"):
         try:
-            image = io.read_image(path)
-            labels = _from_spark(on_spark[image_id], path) if engine == "spark" else segment(network, image, recipe)
+            if engine == "spark":
+                outputs = _from_spark(on_spark[image_id], path)
+            else:
+                image = io.read_image(path)
+                outputs = image_outputs(image_id, image, segment(network, image, recipe), recipe, modality_model,
+                                        geojson)
         except (io.ImageError, ValueError) as err:  # one bad image never sinks the batch
             problem = err.problem if isinstance(err, io.ImageError) else str(err)
             log.error("not scored: %s: %s", path, problem)
             result.failed.append((str(path), problem))
             continue
-        io.write_png(output_dir / "labels" / f"{image_id}.png", labels)
-        io.write_png(output_dir / "overlays" / f"{image_id}.png", overlay_of(image, labels, recipe))
-        if geojson:
-            io.write_json(output_dir / "outlines" / f"{image_id}.geojson", outlines_geojson(labels))
-        rows += rle.submission_rows(image_id, labels)
-        nuclei = measure(labels, image)
-        measurements.append(nuclei.assign(ImageId=image_id))
+        _write_image_outputs(output_dir, outputs)
+        rows += outputs.submission
+        measurements.append(outputs.measurements.assign(ImageId=image_id))
+        nuclei = outputs.measurements
         counts.append({"ImageId": image_id, "nuclei": len(nuclei),
                        "mean_area_px": round(float(nuclei["area"].mean()), 2) if len(nuclei) else 0.0,
-                       "modality": modality_of(modality_model, image)})
+                       "modality": outputs.modality})
         result.scored.append(image_id)
     _write_tables(output_dir, rows, counts, measurements, result.failed, source)
     log.info("scored %d image(s) into %s; %d failed", len(result.scored), output_dir, len(result.failed))
     return result
 
 
-def _from_spark(result: tuple[bytes, str], path: Path) -> np.ndarray:
-    data, error = result
-    if error:
-        raise io.ImageError(path, error.split(": ", 1)[-1])  # the pyfunc names the row; we name the file
-    return io.decode_image(data, path)
+def _from_spark(result: ImageOutputs | str, path: Path) -> ImageOutputs:
+    if isinstance(result, str):
+        raise io.ImageError(path, result.split(": ", 1)[-1])  # the pyfunc names the row; we name the file
+    return result
+
+
+def _write_image_outputs(output_dir: Path, outputs: ImageOutputs) -> None:
+    io.atomic_write_bytes(output_dir / "labels" / f"{outputs.image_id}.png", outputs.labels_png)
+    io.atomic_write_bytes(output_dir / "overlays" / f"{outputs.image_id}.png", outputs.overlay_png)
+    if outputs.outlines is not None:
+        io.write_json(output_dir / "outlines" / f"{outputs.image_id}.geojson", outputs.outlines)
 
 
 MEASUREMENT_COLUMNS = ["ImageId", *COLUMNS]

@@ -1,0 +1,76 @@
+"""Everything scoring writes for one segmented image, computed where the image already is: in
+process for the local engine, on the executor for Spark, so a cluster does the overlays and
+measurements too and the driver only writes what comes back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from io import StringIO
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nucseg import io
+from nucseg.core import modality, rle
+from nucseg.core.measure import measure, outlines_geojson
+from nucseg.core.overlay import draw_outlines
+from nucseg.core.preprocess import preprocess
+from nucseg.core.segment import Recipe
+
+UNKNOWN_MODALITY = "unknown"
+DECIMALS = 4  # measurements are written with this many decimals
+
+# Columns of `ImageOutputs.to_row`, as a Spark schema: rows cross the driver/executor boundary as
+# plain types (measurements as JSON at full written precision).
+ROW_SCHEMA = ("id string, labels binary, overlay binary, submission string, measurements string, "
+              "modality string, outlines string, error string")
+
+
+@dataclass
+class ImageOutputs:
+    image_id: str
+    labels_png: bytes
+    overlay_png: bytes
+    submission: list[tuple[str, str]]  # (ImageId, EncodedPixels) rows
+    measurements: pd.DataFrame  # one row per nucleus, `measure.COLUMNS`
+    modality: str
+    outlines: dict[str, Any] | None = None  # GeoJSON, when asked for
+
+    def to_row(self) -> dict[str, Any]:
+        return {"id": self.image_id, "labels": self.labels_png, "overlay": self.overlay_png,
+                "submission": json.dumps(self.submission), "measurements": self.measurements.to_json(
+                    orient="split", index=False, double_precision=15),
+                "modality": self.modality, "outlines": json.dumps(self.outlines) if self.outlines else None,
+                "error": ""}
+
+    @classmethod
+    def from_row(cls, row: Any) -> ImageOutputs:
+        measurements = pd.read_json(StringIO(row.measurements), orient="split", dtype=False)
+        return cls(row.id, bytes(row.labels), bytes(row.overlay), [tuple(r) for r in json.loads(row.submission)],
+                   measurements, row.modality, json.loads(row.outlines) if row.outlines else None)
+
+
+def overlay_of(image: np.ndarray, labels: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """uint8 RGB outlines drawn on the normalised image at its own size, so dim 16-bit or dark
+    fluorescence images are visible in it."""
+    return draw_outlines(preprocess(image, recipe.normalize_low, recipe.normalize_high), labels)
+
+
+def modality_of(model: dict[str, Any] | None, image: np.ndarray) -> str:
+    return modality.predict(model, modality.image_features(image))[0] if model else UNKNOWN_MODALITY
+
+
+def image_outputs(image_id: str, image: np.ndarray, labels: np.ndarray, recipe: Recipe,
+                  modality_model: dict[str, Any] | None, geojson: bool = False) -> ImageOutputs:
+    """Outputs of `image` (as read) and its instance `labels`; `recipe` is the segmenter's, so
+    the overlay shows the image as the network saw it."""
+    return ImageOutputs(
+        image_id=image_id, labels_png=io.encode_png(labels, image_id),
+        overlay_png=io.encode_png(overlay_of(image, labels, recipe), image_id),
+        submission=rle.submission_rows(image_id, labels),
+        measurements=measure(labels, image).round(DECIMALS),
+        modality=modality_of(modality_model, image),
+        outlines=outlines_geojson(labels) if geojson else None)

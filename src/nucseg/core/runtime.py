@@ -1,0 +1,89 @@
+"""Where the network runs: Keras, or ONNX Runtime on an ONNX export of the same network.
+
+Inference only needs `predict_on_batch(batch) -> maps`, so either runtime plugs into
+`infer.predict_maps`. ONNX Runtime skips TensorFlow's per-call overhead (faster on the small
+images DSB is full of) and does not import TensorFlow at all, which makes Spark workers and model
+servers start faster. Keras is always kept as the fallback.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+RUNTIMES = ("onnx", "keras")
+
+# Typical DSB image sizes (padded to the inference multiple): which runtime is faster is decided
+# on these, since it depends on image size (per-call overhead versus per-pixel speed).
+BENCHMARK_SHAPES = ((256, 256), (256, 320), (544, 704))
+
+# Largest probability difference tolerated between the export and the network it came from.
+MAX_EXPORT_DIFFERENCE = 1e-4
+
+
+class RuntimeUnavailable(RuntimeError):
+    """A runtime cannot load the network; the message says which file and why."""
+
+
+class OnnxNetwork:
+    """An ONNX Runtime session with the one method inference needs."""
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        """`threads`: ONNX Runtime's intra-op threads, 0 for one per core; one process per core
+        (Spark executors) wants 1, or the processes fight over the cores."""
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise RuntimeUnavailable(f"onnxruntime is not installed ({err})") from err
+        try:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise RuntimeUnavailable(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from err
+        self.input_name = self.session.get_inputs()[0].name
+        self.channels = self.session.get_inputs()[0].shape[-1]
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.asarray(batch, dtype=np.float32)})[0]
+
+
+def load_keras(path: str | Path):
+    import nucseg.config  # noqa: F401 - backend and log-level defaults must be set before keras loads
+    import keras
+
+    return keras.saving.load_model(path, compile=False)
+
+
+def export_onnx(model, path: str | Path) -> None:
+    """ONNX export of a Keras network that takes images of any size (needs `tf2onnx`)."""
+    import nucseg.config  # noqa: F401
+    import keras
+
+    channels = model.inputs[0].shape[-1]
+    spec = [keras.InputSpec(shape=(None, None, None, channels), dtype="float32")]
+    model.export(str(path), format="onnx", input_signature=spec, verbose=False)
+
+
+def max_difference(first, second, shape: tuple[int, int], channels: int, seed: int = 0) -> float:
+    """Largest absolute difference of two networks' maps on one random batch of `shape`."""
+    batch = np.random.default_rng(seed).random((1, *shape, channels), dtype=np.float32)
+    return float(np.max(np.abs(np.asarray(first.predict_on_batch(batch)) - second.predict_on_batch(batch))))
+
+
+def seconds_per_megapixel(network, channels: int, shapes=BENCHMARK_SHAPES, repeats: int = 3) -> float:
+    """Seconds per megapixel over `shapes` (each shape's median of `repeats` calls, timed after a
+    warm-up call: graph tracing and memory planning are not inference)."""
+    seconds = 0.0
+    for shape in shapes:
+        batch = np.zeros((1, *shape, channels), np.float32)
+        network.predict_on_batch(batch)
+        timings = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            network.predict_on_batch(batch)
+            timings.append(time.perf_counter() - start)
+        seconds += float(np.median(timings))
+    return seconds / (sum(height * width for height, width in shapes) / 1e6)
