@@ -6,7 +6,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup data repro test ui
+.PHONY: setup data repro test ui server
 
 setup: $(VENV)/.installed
 
@@ -23,8 +23,12 @@ repro: data
 	dvc repro
 
 test: data
-	python -m pytest
+	python -m pytest -m "not server"
+	python -m pytest -m server    # real PostgreSQL + mlflow server (scripts/tracking-server)
 
 ui: setup
 	@echo "open http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --workers 1
+
+server: setup
+	scripts/tracking-server

@@ -5,9 +5,14 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -16,6 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 REAL_TRAIN = ROOT / "data" / "stage1_train"
 REAL_TEST = ROOT / "data" / "stage1_test"
+BIN = Path(sys.executable).parent
+N_TRAIN, N_TEST = 8, 3  # real images in the end-to-end pipeline projects
 
 
 @pytest.fixture(scope="session")
@@ -118,3 +125,82 @@ def wait_until_up(url: str, server, log_path: Path, what: str, timeout: float = 
             time.sleep(0.5)
     server.terminate()
     pytest.fail(f"{what} did not start: {Path(log_path).read_text()[-2000:]}")
+
+
+def small_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["modality"]["examples_per_cluster"] = 2
+    params["split"].update(val_fraction=0.25, test_fraction=0.25)
+    params["model"].update(depth=2, base_filters=4)
+    params["train"].update(crop_size=64, batch_size=2, steps_per_epoch=2, epochs=1, val_crops=2, workers=1,
+                           max_minutes=2)
+    params["inference"].update(tile_size=256, tile_overlap=32)
+    params["evaluate"]["overlays_per_modality"] = 1
+    params["tune"].update(max_epochs=2, hyperband_factor=2, steps_per_epoch=1, max_minutes=1,
+                          space={**params["tune"]["space"], "base_filters": [4], "depth": [2]})
+    return params
+
+
+def sh(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+def pipeline_env() -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+
+
+def build_project(project: Path, env: dict) -> None:
+    """A temporary project ready for `dvc repro`: the repo's pipeline files and code, a few real
+    images added with DVC, tiny params (seconds per stage)."""
+    require_real_data()
+    for name in ("dvc.yaml", "data.dvc", "MLproject", "conda.yaml"):
+        shutil.copy(ROOT / name, project / name)
+    (project / ".gitignore").write_text("mlflow.db\nmlruns/\nmlartifacts/\n*.log\n")
+    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (project / "params.yaml").write_text(yaml.safe_dump(small_params(), sort_keys=False))
+    for source, count in ((REAL_TRAIN, N_TRAIN), (REAL_TEST, N_TEST)):
+        for sample in sorted(source.iterdir())[:count]:
+            shutil.copytree(sample, project / "data" / source.name / sample.name)
+    sh("git", "init", "-q", cwd=project, env=env)
+    sh("dvc", "init", "-q", cwd=project, env=env)
+    sh("dvc", "add", "-q", "data", cwd=project, env=env)
+
+
+# ---- a shared tracking server (tests marked `server`) ----
+
+@dataclass
+class Server:
+    url: str
+    database_uri: str  # for psycopg
+    artifacts: Path
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory):
+    """`scripts/tracking-server` with a database of its own (created, then dropped)."""
+    folder = tmp_path_factory.mktemp("server")
+    port, name = free_port(), f"nucseg_test_{os.getpid()}"
+    env = {**pipeline_env(), "NUCSEG_DB_NAME": name, "NUCSEG_DB_USER": "nucseg_test", "NUCSEG_DB_PASSWORD": "nucseg_test",
+           "NUCSEG_ARTIFACTS": str(folder / "artifacts"), "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "2"}
+    log = folder / "server.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([str(ROOT / "scripts" / "tracking-server")], cwd=folder, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_up(f"{url}/health", server, log, "scripts/tracking-server (PostgreSQL + mlflow server)", timeout=180)
+    sys.__stdout__.write(f"\n{log.read_text()}")  # CI's output shows PostgreSQL and the server starting
+    yield Server(url, f"postgresql://nucseg_test:nucseg_test@127.0.0.1:5432/{name}", folder / "artifacts", log)
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=60)
+    subprocess.run(["runuser", "-u", "postgres", "--", "dropdb", "--if-exists", name], check=False)
+
+
+def query(server: Server, sql: str) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(server.database_uri) as connection:
+        return connection.execute(sql).fetchall()

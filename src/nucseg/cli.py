@@ -18,6 +18,15 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+def _scoring_params(path: Path) -> dict:
+    """params.yaml here or at the project root (scoring from a folder below it); none outside a
+    project: scoring needs only the modality model's path, and does without it."""
+    for candidate in (path, config.ROOT / path):
+        if candidate.is_file():
+            return config.load_params(candidate)
+    return {}
+
+
 def _run_stage(label: str, stage_run, params: Path, *expected: type[Exception]) -> None:
     """Run a stage on the params file; known failures become one red line and exit status 1."""
     from nucseg import io
@@ -25,7 +34,7 @@ def _run_stage(label: str, stage_run, params: Path, *expected: type[Exception]) 
 
     try:
         result = stage_run(config.load_params(params))
-    except (FileNotFoundError, io.ImageError, tracking.TrackingUnavailable, *expected) as err:
+    except (OSError, io.ImageError, tracking.TrackingUnavailable, *expected) as err:  # OSError: a full disk too
         _fail(str(err))
     typer.echo(f"{label}: {result}")
 
@@ -65,9 +74,10 @@ def prepare(params: Path = PARAMS) -> None:
 @app.command()
 def train(params: Path = PARAMS) -> None:
     """Train the untuned U-Net (resumes an interrupted run) and log it to MLflow."""
+    from nucseg.core.training import ResumeRefused
     from nucseg.stages import train as stage
 
-    _run_stage("trained", stage.run, params)
+    _run_stage("trained", stage.run, params, ResumeRefused)
 
 
 @app.command()
@@ -79,11 +89,24 @@ def evaluate(params: Path = PARAMS) -> None:
 
 
 @app.command()
-def tune(params: Path = PARAMS) -> None:
-    """Keras Tuner search (each trial a nested MLflow run); the best configuration becomes the tuned model."""
+def tune(
+    params: Path = PARAMS,
+    role: Optional[str] = typer.Option(None, "--role", help="chief | worker: one process of a distributed search"),
+    oracle: str = typer.Option("127.0.0.1:8000", "--oracle",
+                               help="host:port of the chief's oracle (the chief binds it; 0.0.0.0:PORT for every interface)"),
+) -> None:
+    """Keras Tuner search (each trial a nested MLflow run); the best configuration becomes the tuned model.
+
+    Distributed: `--role chief` on one machine, `--role worker --oracle CHIEF:PORT` on each other one,
+    all with the same MLFLOW_TRACKING_URI and params."""
+    from functools import partial
+
     from nucseg.stages import tune as stage
 
-    _run_stage("tuned", stage.run, params)
+    if role is not None and role not in stage.ROLES:
+        _fail(f"--role must be one of {', '.join(stage.ROLES)}, got {role!r}")
+    _run_stage("tuned" if role != "worker" else "worker", partial(stage.run, role=role, oracle=oracle), params,
+               ValueError, TimeoutError)
 
 
 @app.command()
@@ -100,6 +123,8 @@ def score(
     input_dir: Path = typer.Option(..., "--input", help="DSB-layout folder (<id>/images/<id>.png) or flat folder of images"),
     output_dir: Path = typer.Option(..., "--output", help="where labels/, overlays/, submission.csv, counts.csv go"),
     model_uri: Optional[str] = typer.Option(None, "--model-uri", help="MLflow model URI [default: params score.model_uri]"),
+    promotion: Optional[Path] = typer.Option(None, "--promotion", help="score the champion this promotion report "
+                                             "names (reports/promotion.json; what a DVC experiment would serve)"),
     geojson: bool = typer.Option(False, "--geojson", help="also write QuPath-readable outlines/<id>.geojson"),
     engine: str = typer.Option("local", "--engine", help="local (this process) or spark"),
     master: str = typer.Option("local[2]", "--master", help="Spark master URL for --engine spark"),
@@ -110,11 +135,14 @@ def score(
     from nucseg.mlops import tracking
     from nucseg.stages import score as stage
 
-    loaded = config.load_params(params)
+    loaded = _scoring_params(params)
+    if model_uri and promotion:
+        _fail("give --model-uri or --promotion, not both")
     try:
-        result = stage.run(model_uri or loaded["score"]["model_uri"], input_dir, output_dir, loaded, geojson=geojson,
-                           engine=engine, master=master)
-    except (tracking.TrackingUnavailable, stage.ModelUnavailable, FileNotFoundError, ValueError) as err:
+        uri = stage.promoted_model_uri(promotion) if promotion else \
+            model_uri or loaded.get("score", {}).get("model_uri", stage.CHAMPION_URI)
+        result = stage.run(uri, input_dir, output_dir, loaded, geojson=geojson, engine=engine, master=master)
+    except (tracking.TrackingUnavailable, stage.ModelUnavailable, OSError, ValueError) as err:
         _fail(str(err))
     typer.echo(f"scored {len(result.scored)} image(s) into {output_dir}")
     if result.failed:
@@ -135,10 +163,11 @@ def predict(
     from nucseg.mlops import tracking
     from nucseg.stages import score as stage
 
-    loaded = config.load_params(params)
+    loaded = _scoring_params(params)
     try:
-        count = stage.predict_one(model_uri or loaded["score"]["model_uri"], image, output_dir)
-    except (io.ImageError, tracking.TrackingUnavailable, stage.ModelUnavailable) as err:
+        count = stage.predict_one(model_uri or loaded.get("score", {}).get("model_uri", stage.CHAMPION_URI), image,
+                                  output_dir)
+    except (io.ImageError, tracking.TrackingUnavailable, stage.ModelUnavailable, OSError) as err:
         _fail(str(err))
     typer.echo(f"{image}: {count} nuclei")
 

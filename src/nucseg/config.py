@@ -14,8 +14,20 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# MLflow retries a tracking server that does not answer for minutes (7 tries, doubling waits);
+# a training epoch should not wait that long for its metrics: they are kept and sent later.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
-ROOT = Path(os.environ.get("NUCSEG_ROOT", Path.cwd())).resolve()
+def find_root(start: Path) -> Path:
+    """The project folder: `start` or the nearest folder above it with a `dvc.yaml`, so commands
+    run from a subfolder find the project's store; `start` itself outside any project."""
+    start = start.resolve()
+    return next((folder for folder in (start, *start.parents) if (folder / "dvc.yaml").is_file()), start)
+
+
+ROOT = Path(os.environ["NUCSEG_ROOT"]).resolve() if os.environ.get("NUCSEG_ROOT") else find_root(Path.cwd())
 PARAMS_FILE = "params.yaml"
 EXPERIMENT_NAME = "nucseg"
 REGISTERED_MODEL = "nucseg-unet"

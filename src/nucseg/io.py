@@ -139,14 +139,23 @@ def iter_dsb(folder: str | Path) -> Iterator[tuple[str, Path, Path]]:
 # ---- atomic writers: a half-written output never carries the final name ----
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, flush it to disk, then rename it: a full disk
+    or a crash leaves the old file (or none), never a truncated one. A failed write raises
+    OSError naming `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, f"cannot write ({err.strerror or err}); nothing was written under this name",
+                      str(path)) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

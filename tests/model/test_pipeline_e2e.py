@@ -6,62 +6,23 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-from conftest import free_port, wait_until_up
-
-ROOT = Path(__file__).resolve().parents[2]
-REAL_TRAIN, REAL_TEST = ROOT / "data" / "stage1_train", ROOT / "data" / "stage1_test"
-BIN = Path(sys.executable).parent
-N_TRAIN, N_TEST = 8, 3
+from conftest import BIN, N_TEST, ROOT, build_project, free_port, pipeline_env, sh, wait_until_up
 
 pytestmark = pytest.mark.slow
 
 
-def small_params() -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["modality"]["examples_per_cluster"] = 2
-    params["split"].update(val_fraction=0.25, test_fraction=0.25)
-    params["model"].update(depth=2, base_filters=4)
-    params["train"].update(crop_size=64, batch_size=2, steps_per_epoch=2, epochs=1, val_crops=2, workers=1,
-                           max_minutes=2)
-    params["inference"].update(tile_size=256, tile_overlap=32)
-    params["evaluate"]["overlays_per_modality"] = 1
-    params["tune"].update(max_epochs=2, hyperband_factor=2, steps_per_epoch=1, max_minutes=1,
-                          space={**params["tune"]["space"], "base_filters": [4], "depth": [2]})
-    return params
-
-
-def sh(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
-    return result
-
-
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> Path:
-    """A temporary project: the repo's pipeline files, a few real images added with DVC, tiny params."""
-    if not REAL_TRAIN.is_dir():
-        pytest.fail(f"{REAL_TRAIN} is missing: run `dvc pull` first (the README's test command does)")
+    """A temporary project run twice with `dvc repro`, logging to its own sqlite store."""
     project = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", "data.dvc"):
-        shutil.copy(ROOT / name, project / name)
-    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (project / "params.yaml").write_text(yaml.safe_dump(small_params(), sort_keys=False))
-    for source, count in ((REAL_TRAIN, N_TRAIN), (REAL_TEST, N_TEST)):
-        for sample in sorted(source.iterdir())[:count]:
-            shutil.copytree(sample, project / "data" / source.name / sample.name)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    env = pipeline_env()
     env.pop("MLFLOW_TRACKING_URI", None)  # the default store: sqlite:///mlflow.db in the project
-    sh("git", "init", "-q", cwd=project, env=env)
-    sh("dvc", "init", "-q", cwd=project, env=env)
-    sh("dvc", "add", "-q", "data", cwd=project, env=env)
+    build_project(project, env)
     first = sh("dvc", "repro", cwd=project, env=env)
     (project / "repro.log").write_text(first.stdout + first.stderr)
     second = sh("dvc", "repro", cwd=project, env=env)
@@ -208,3 +169,53 @@ def click_text(driver, text: str) -> None:
     wait_for_text(driver, text)
     WebDriverWait(driver, 30).until(
         lambda d: d.find_element(By.XPATH, f"//*[normalize-space(text())='{text}']")).click()
+
+
+# ---- last: these change the project's registry and workspace ----
+
+def test_dvc_experiment_leaves_production_aliases_alone(pipeline):
+    import json
+
+    import mlflow
+
+    use_store(pipeline)
+    client = mlflow.MlflowClient()
+    versions = {alias: client.get_model_version_by_alias("nucseg-unet", alias).version
+                for alias in ("champion", "challenger")}
+    # Production serves the other model (as if an older one were champion): an experiment that
+    # moved aliases would move `champion` back to the better candidate.
+    client.set_registered_model_alias("nucseg-unet", "champion", versions["challenger"])
+    client.set_registered_model_alias("nucseg-unet", "challenger", versions["champion"])
+    env = pipeline_env()
+    env.pop("MLFLOW_TRACKING_URI", None)
+    git = ("git", "-c", "user.name=nucseg-test", "-c", "user.email=test@nucseg.invalid")
+    sh(*git, "add", "-A", cwd=pipeline, env=env)
+    sh(*git, "commit", "-q", "-m", "baseline", cwd=pipeline, env=env)
+    baseline = sh("git", "rev-parse", "HEAD", cwd=pipeline, env=env).stdout.strip()
+    sh("dvc", "exp", "run", "-n", "margin-check", "-S", "promote.margin=0.001", cwd=pipeline, env=env)
+
+    assert client.get_registered_model("nucseg-unet").aliases == {
+        "champion": versions["challenger"], "challenger": versions["champion"]}
+    report = json.loads((pipeline / "reports" / "promotion.json").read_text())
+    assert report["aliases_moved"] is False and report["dvc_experiment"] == "margin-check"
+    assert str(report["champion_version"]) == versions["champion"]  # what it would serve...
+    scored = json.loads((pipeline / "outputs" / "stage1_test" / "model.json").read_text())
+    assert scored["version"] == versions["champion"]  # ... is what the experiment's score stage scored
+    [promote] = mlflow.search_runs(filter_string="tags.dvc_experiment = 'margin-check'", output_format="list")
+    assert promote.data.tags["stage"] == "promote" and promote.data.tags["dvc_baseline"] == baseline
+    assert "no alias moved" in (pipeline / "reports" / "promotion.md").read_text()
+
+
+def test_mlflow_run_gives_each_stage_its_own_run(pipeline):
+    import mlflow
+
+    env = pipeline_env()
+    env.pop("MLFLOW_TRACKING_URI", None)
+    sh(str(BIN / "mlflow"), "run", ".", "-e", "train", "--env-manager", "local", "--experiment-name", "nucseg",
+       cwd=pipeline, env=env)
+    use_store(pipeline)
+    [launcher] = mlflow.search_runs(filter_string="tags.`mlflow.project.entryPoint` = 'train'", output_format="list")
+    children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{launcher.info.run_id}'",
+                                  output_format="list")
+    assert [run.data.tags["stage"] for run in children] == ["train"]
+    assert "val_loss" in children[0].data.metrics and "val_loss" not in launcher.data.metrics

@@ -1,11 +1,16 @@
 """Training machinery shared by the `train` and `tune` stages: model, callbacks, the fit loop.
 
-Every epoch writes `last.keras` and `state.json`; a rerun after a crash or Ctrl-C reloads them
-(optimizer state included) and continues at the next epoch with the same data stream.
+Every epoch writes `last.keras` and `state.json` into a work folder; a rerun after a crash or
+Ctrl-C reloads them (optimizer state included) and continues at the next epoch with the same
+data stream, and with the callbacks where they were (best val_loss so far, epochs without
+improvement), so checkpointing, early stopping and the learning-rate schedule behave as in an
+uninterrupted run. A state written under other settings is refused, not resumed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -63,18 +68,80 @@ class TimeBudget(keras.callbacks.Callback):
             log.info("time budget spent after epoch %d; stopping", epoch + 1)
 
 
-class EpochState(keras.callbacks.Callback):
-    """`last.keras` + `state.json` after every epoch: what a rerun needs to resume."""
+# Callback attributes that carry progress from epoch to epoch (Keras resets them at train start).
+CALLBACK_PROGRESS = {"checkpoint": ("best",), "early_stopping": ("best", "wait", "best_epoch"),
+                     "reduce_lr": ("best", "wait", "cooldown_counter")}
 
-    def __init__(self, model_dir: Path, run_id: str):
+
+class ResumeRefused(RuntimeError):
+    """A saved training state belongs to other settings; the message says which and what to do."""
+
+
+def settings_digest(params: dict[str, Any]) -> str:
+    """What the weights of a training run depend on, as a short digest: resuming is only sound
+    when it is unchanged (budgets may change: they do not change an epoch)."""
+    train = {k: v for k, v in params["train"].items() if k not in ("max_minutes", "epochs")}
+    relevant = {"model": params["model"], "train": train, "augment": params["augment"], "prepare": params["prepare"]}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_state(work_dir: Path, digest: str) -> dict[str, Any] | None:
+    """The state to resume from, None to start afresh; `ResumeRefused` for another digest."""
+    state_file = work_dir / "state.json"
+    if not (state_file.exists() and (work_dir / "last.keras").exists()):
+        return None
+    state = json.loads(state_file.read_text())
+    if state.get("settings") != digest:
+        raise ResumeRefused(
+            f"{work_dir} holds a training interrupted after epoch {state['epoch'] + 1} under other settings "
+            f"(model/train/augment/prepare params differ). Restore the params it ran with to resume it, or "
+            f"delete {work_dir} to start over.")
+    return state
+
+
+def callback_progress(callbacks: dict[str, keras.callbacks.Callback]) -> dict[str, dict[str, float | int | None]]:
+    """The epoch-to-epoch progress of checkpointing, early stopping and the LR schedule, as JSON
+    values (numpy scalars as plain numbers)."""
+    def plain(value):
+        return value.item() if hasattr(value, "item") else value
+
+    return {name: {attr: plain(getattr(callback, attr)) for attr in CALLBACK_PROGRESS[name]}
+            for name, callback in callbacks.items()}
+
+
+def restore_progress(callbacks: dict[str, keras.callbacks.Callback], progress: dict[str, dict[str, Any]]) -> None:
+    for name, values in progress.items():
+        for attr, value in values.items():
+            setattr(callbacks[name], attr, value)
+
+
+class EpochState(keras.callbacks.Callback):
+    """`last.keras` + `state.json` after every epoch: what a rerun needs to resume. Listed after
+    the `watched` callbacks, so its `on_train_begin` puts their progress back after Keras reset it."""
+
+    def __init__(self, work_dir: Path, run_id: str, digest: str, watched: dict[str, keras.callbacks.Callback],
+                 progress: dict[str, dict[str, float]] | None = None):
         super().__init__()
-        self.model_dir, self.run_id = model_dir, run_id
+        self.work_dir, self.run_id, self.digest, self.watched, self.progress = work_dir, run_id, digest, watched, progress
+
+    def on_train_begin(self, logs=None):
+        if self.progress:
+            restore_progress(self.watched, self.progress)
 
     def on_epoch_end(self, epoch, logs=None):
-        tmp = self.model_dir / ".last.tmp.keras"
+        tmp = self.work_dir / ".last.tmp.keras"
         self.model.save(tmp)
-        tmp.replace(self.model_dir / "last.keras")
-        io.write_json(self.model_dir / "state.json", {"epoch": epoch, "run_id": self.run_id})
+        tmp.replace(self.work_dir / "last.keras")
+        self.epoch = epoch
+        self._write(finished=False)
+
+    def on_train_end(self, logs=None):
+        if hasattr(self, "epoch"):  # training is over (epochs, early stopping or budget): a rerun only finishes up
+            self._write(finished=True)
+
+    def _write(self, finished: bool) -> None:
+        io.write_json(self.work_dir / "state.json", {"epoch": self.epoch, "run_id": self.run_id, "settings": self.digest,
+                                                     "finished": finished, "callbacks": callback_progress(self.watched)})
 
 
 def curves_figure(history: pd.DataFrame, path: Path) -> None:
@@ -96,28 +163,35 @@ def curves_figure(history: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def fit(model: keras.Model, train: list[dict], val: list[dict], params: dict[str, Any], model_dir: Path,
-        run_id: str, initial_epoch: int = 0, epochs: int | None = None, extra_callbacks=()) -> pd.DataFrame:
-    """Train with the pipeline's callbacks; returns the per-epoch history."""
+def fit(model: keras.Model, train: list[dict], val: list[dict], params: dict[str, Any], work_dir: Path,
+        run_id: str, initial_epoch: int = 0, epochs: int | None = None, extra_callbacks=(),
+        state: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Train with the pipeline's callbacks in `work_dir` (best.keras, history.csv, the resume
+    state); `state` is what `load_state` found. Returns the per-epoch history."""
     cfg = params["train"]
+    work_dir.mkdir(parents=True, exist_ok=True)
     dataset = CropDataset(train, batch_size=int(cfg["batch_size"]), crop_size=int(cfg["crop_size"]),
                           steps_per_epoch=int(cfg["steps_per_epoch"]), augment=AugmentConfig.from_params(params["augment"]),
                           seed=int(cfg["seed"]), workers=int(cfg["workers"]))
     dataset.set_epoch(initial_epoch)
     x_val, y_val = validation_crops(val, n=int(cfg["val_crops"]), crop_size=int(cfg["crop_size"]), seed=int(cfg["seed"]))
-    history_csv = model_dir / "history.csv"
+    history_csv = work_dir / "history.csv"
     if initial_epoch > 0 and history_csv.exists():  # drop rows of epochs that did not finish
         previous = pd.read_csv(history_csv)
         io.write_csv(history_csv, previous[previous["epoch"] < initial_epoch])
+    watched = {
+        "checkpoint": keras.callbacks.ModelCheckpoint(work_dir / "best.keras", monitor="val_loss", save_best_only=True),
+        "early_stopping": keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(cfg["early_stopping_patience"])),
+        "reduce_lr": keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=float(cfg["reduce_lr_factor"]),
+                                                       patience=int(cfg["reduce_lr_patience"]), min_lr=1e-5),
+    }
     callbacks = [
-        keras.callbacks.ModelCheckpoint(model_dir / "best.keras", monitor="val_loss", save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(cfg["early_stopping_patience"])),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=float(cfg["reduce_lr_factor"]),
-                                          patience=int(cfg["reduce_lr_patience"]), min_lr=1e-5),
+        *watched.values(),
         keras.callbacks.CSVLogger(history_csv, append=initial_epoch > 0),
         TimeBudget(float(cfg["max_minutes"])),
-        *extra_callbacks,  # before the epoch state: an epoch counts as done only once they ran
-        EpochState(model_dir, run_id),
+        # The epoch is saved before anything talks to a tracking server, which may be down.
+        EpochState(work_dir, run_id, settings_digest(params), watched, (state or {}).get("callbacks")),
+        *extra_callbacks,
     ]
     model.fit(dataset, validation_data=(x_val, y_val), batch_size=int(cfg["batch_size"]),
               epochs=int(epochs or cfg["epochs"]), initial_epoch=initial_epoch, callbacks=callbacks, verbose=2)

@@ -6,10 +6,12 @@ is what users get.
 
 from __future__ import annotations
 
+import fcntl
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Iterator, Mapping, NamedTuple
 
 from nucseg import config
 from nucseg.config import get_logger
@@ -93,6 +95,29 @@ def _ranking_reason(scores: Mapping[str, float], best: str, runner_up: str | Non
     if scores[best] == scores[runner_up]:
         return f"{best} and {runner_up} tie at test DSB {scores[best]:.4f}; the tie goes to {best}, listed first"
     return f"{best} has the better test DSB ({scores[best]:.4f} vs {runner_up} {scores[runner_up]:.4f})"
+
+
+@contextmanager
+def promotion_lock() -> Iterator[None]:
+    """One promotion at a time per store: packaging, registering and moving aliases are several
+    registry calls, and two promotions interleaved would register the same model twice and could
+    leave `champion` and `challenger` from different decisions. The lock is a file beside a local
+    store, or in the project for a tracking server (promotions from other machines are not
+    serialised by it: promote from one place, e.g. CI)."""
+    uri = config.tracking_uri()
+    path = Path(uri.removeprefix("sqlite:///") + ".promote.lock") if uri.startswith("sqlite:///") \
+        else config.ROOT / ".promote.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another promotion holds %s; waiting for it to finish", path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_run_info(path: Path) -> tuple[str, str]:
@@ -224,7 +249,8 @@ def version_tags(candidate: Candidate, reason: str, runtime_choice: Mapping[str,
     """Tags a version carries: scores, lineage, the recipe's settings and the network runtime it
     runs on (with the timings that chose it)."""
     overall = candidate.summary["overall"]
-    tags = {"candidate": candidate.name, "decision": reason, **candidate.lineage,
+    lineage = {key: value for key, value in candidate.lineage.items() if not key.startswith("mlflow.")}
+    tags = {"candidate": candidate.name, "decision": reason, **lineage,
             **{key: str(overall[key]) for key in ("dsb", "pixel_iou", "pixel_dice")},
             **{f"dsb_{modality}": str(values["dsb"]) for modality, values in candidate.summary["per_modality"].items()}}
     if candidate.val_loss is not None:

@@ -73,8 +73,9 @@ def predict_frame(network, recipe: Recipe, frame: pd.DataFrame) -> pd.DataFrame:
         try:
             labels = segment(network, io.decode_image(_as_bytes(data, name), name), recipe)
             rows.append({"labels": io.encode_png(labels, name), "nuclei": count_nuclei(labels), "error": ""})
-        except (io.ImageError, ValueError) as err:
-            rows.append({"labels": b"", "nuclei": 0, "error": str(err)})
+        except Exception as err:  # noqa: BLE001 - one bad image never sinks the batch
+            problem = str(err) if isinstance(err, (io.ImageError, ValueError)) else f"{name}: {type(err).__name__}: {err}"
+            rows.append({"labels": b"", "nuclei": 0, "error": problem})
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 
 
@@ -137,23 +138,23 @@ def log_segmenter(network, recipe: Recipe, name: str = ARTIFACT_NAME) -> str:
 
 def choose_runtime(network, onnx_path: Path) -> dict[str, Any]:
     """Export `network` to `onnx_path` and time both runtimes on typical DSB sizes; the faster
-    one becomes the model's runtime. An export that fails, or that does not reproduce the
-    network's maps, is deleted and Keras it is. Returns the choice and what it was based on."""
+    one becomes the model's runtime. An export that fails, that does not reproduce the network's
+    maps, or that cannot be compared on those sizes is deleted and Keras it is. Returns the
+    choice and what it was based on."""
     channels = network.inputs[0].shape[-1]
     try:
         runtime.export_onnx(network, onnx_path)
         onnx_network = runtime.OnnxNetwork(onnx_path)
-    except Exception as err:  # noqa: BLE001 - any exporter failure means: no ONNX, keep Keras
+        difference = runtime.max_difference(network, onnx_network, runtime.BENCHMARK_SHAPES[0], channels)
+        if difference > runtime.MAX_EXPORT_DIFFERENCE:
+            raise ValueError(f"the export's maps differ from the network's by {difference:.2g}")
+        seconds = {"keras": runtime.seconds_per_megapixel(network, channels),
+                   "onnx": runtime.seconds_per_megapixel(onnx_network, channels)}
+    except Exception as err:  # noqa: BLE001 - whatever went wrong, the model runs with Keras without ONNX
         onnx_path.unlink(missing_ok=True)
-        log.warning("no ONNX export (%s): the model will run with Keras", str(err).splitlines()[0] if str(err) else err)
-        return {"runtime": "keras", "reason": f"ONNX export failed: {err}"[:500]}
-    difference = runtime.max_difference(network, onnx_network, runtime.BENCHMARK_SHAPES[0], channels)
-    if difference > runtime.MAX_EXPORT_DIFFERENCE:
-        onnx_path.unlink()
-        log.warning("ONNX export differs from the network by %.2g: the model will run with Keras", difference)
-        return {"runtime": "keras", "reason": f"ONNX export differs by {difference:.2g}", "max_difference": difference}
-    seconds = {"keras": runtime.seconds_per_megapixel(network, channels),
-               "onnx": runtime.seconds_per_megapixel(onnx_network, channels)}
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log.warning("no ONNX network (%s): the model will run with Keras", reason)
+        return {"runtime": "keras", "reason": f"no ONNX network: {reason}"[:500]}
     faster = min(seconds, key=seconds.get)
     log.info("network seconds per megapixel: Keras %.4f, ONNX Runtime %.4f: the model runs with %s",
              seconds["keras"], seconds["onnx"], faster)

@@ -71,8 +71,8 @@ def _partition_scorer(model_uri: str, modality_model: dict[str, Any] | None, geo
                         image, labels = io.decode_image(image_bytes, image_id), io.decode_image(labels, image_id)
                         rows.append(image_outputs(image_id, image, labels, recipe, modality_model, geojson).to_row())
                         continue
-                    except (io.ImageError, ValueError) as err:
-                        error = str(err)
+                    except Exception as err:  # noqa: BLE001 - one bad image never sinks the batch
+                        error = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
                 rows.append({"id": image_id, "error": error})
             yield pd.DataFrame(rows, columns=columns, dtype=object)  # pyarrow-backed strings confuse Spark
 

@@ -1,8 +1,9 @@
 """MLflow plumbing shared by training, tuning, promotion and scoring: where runs go, and the
-lineage tags (data version, code version) every run carries."""
+lineage tags (data version, code version, DVC experiment, launching run) every run carries."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,21 +15,37 @@ from nucseg import config
 
 # MLflow 3 opens an experiment without this tag on its GenAI overview of traces, empty for us
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
+# `mlflow run` opens a run and hands it to the entry point's command as MLFLOW_RUN_ID; every
+# stage would then write into that one run. `setup` takes it out of the environment and each
+# stage's runs become its children instead.
+_launcher_run_id: str | None = None
 
 
 class TrackingUnavailable(RuntimeError):
     """The tracking server cannot be reached; the message names the URI."""
 
 
-def setup(experiment: str = config.EXPERIMENT_NAME) -> str:
-    """Point MLflow at the project store (or $MLFLOW_TRACKING_URI) and fail fast if it is down."""
+def setup(experiment: str = config.EXPERIMENT_NAME, create: bool = True) -> str:
+    """Point MLflow at the project store (or $MLFLOW_TRACKING_URI) and fail fast if it is down.
+    `create=False` (commands that only read, like scoring) refuses a local store that does not
+    exist yet rather than leave an empty `mlflow.db` wherever the command was run."""
     import mlflow
 
+    global _launcher_run_id
+    _launcher_run_id = os.environ.pop("MLFLOW_RUN_ID", None) or _launcher_run_id
     uri = config.tracking_uri()
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
+    if not create and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingUnavailable(
+            f"no MLflow store at {uri.removeprefix('sqlite:///')}: run this inside the nucseg project (or a folder "
+            "below it), or set MLFLOW_TRACKING_URI to the store or tracking server that holds the model")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if not create:
+        return uri
     if mlflow.get_experiment_by_name(experiment) is None:
         mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri))
     mlflow.set_experiment(experiment)
@@ -55,10 +72,10 @@ def _check_server(uri: str) -> None:
             "MLFLOW_TRACKING_URI to log to the local sqlite store.") from err
 
 
-def data_md5(dvc_file: str | Path = config.ROOT / "data.dvc") -> str:
+def data_md5(dvc_file: str | Path | None = None) -> str:
     """md5 of the DVC-tracked raw data this run saw ("unknown" outside a DVC checkout)."""
     try:
-        return yaml.safe_load(Path(dvc_file).read_text())["outs"][0]["md5"]
+        return yaml.safe_load(Path(dvc_file or config.ROOT / "data.dvc").read_text())["outs"][0]["md5"]
     except (OSError, KeyError, IndexError, TypeError):
         return "unknown"
 
@@ -81,9 +98,22 @@ def data_version(md5: str | None = None) -> str:
     return f"dsb2018-{md5[:8]}" if md5 != "unknown" else "dsb2018-unknown"
 
 
+def dvc_experiment() -> tuple[str, str] | None:
+    """(name, baseline commit) when running under `dvc exp run`, which sets these variables."""
+    name = os.environ.get("DVC_EXP_NAME")
+    return (name, os.environ.get("DVC_EXP_BASELINE_REV", "unknown")) if name else None
+
+
 def lineage_tags() -> dict[str, str]:
+    """Which data and code made a run, and what started it: a DVC experiment, `mlflow run`."""
     md5 = data_md5()
-    return {"data_md5": md5, "data_version": data_version(md5), "git_commit": git_commit()}
+    tags = {"data_md5": md5, "data_version": data_version(md5), "git_commit": git_commit()}
+    experiment = dvc_experiment()
+    if experiment:
+        tags.update(dvc_experiment=experiment[0], dvc_baseline=experiment[1])
+    if _launcher_run_id:
+        tags[PARENT_RUN_TAG] = _launcher_run_id
+    return tags
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:

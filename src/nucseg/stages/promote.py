@@ -4,6 +4,11 @@
 is what users get. Every candidate is scored here, on the same `test` split with the same
 post-processing, before the registry is touched: a crash mid-stage then leaves the aliases
 exactly as they were, and the registry is never without a champion.
+
+Under `dvc exp run` the candidates are registered and scored (their versions tagged with the
+experiment) but no alias moves: an experiment reports which version it would make champion
+(`reports/promotion.json`, which the pipeline's `score` stage then scores), and production
+keeps serving what it served.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from nucseg.core.evaluation import load_split_samples
 from nucseg.core.segment import Recipe
 from nucseg.mlops import datasets, tracking
 from nucseg.mlops.registry import (CHALLENGER, CHAMPION, Candidate, Decision, Incumbent, best_val_loss,
-                                   current_champion, decide, move_aliases, package, read_run_info, register,
-                                   score_model, source_lineage)
+                                   current_champion, decide, move_aliases, package, promotion_lock, read_run_info,
+                                   register, score_model, source_lineage)
 
 log = get_logger("nucseg.promote")
 
@@ -32,36 +37,46 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
         split_path: str | Path = "artifacts/split.csv", samples_dir: str | Path = "artifacts/prepared",
         metrics_path: str | Path = "reports/promotion.json",
         report_path: str | Path = "reports/promotion.md") -> dict[str, Any]:
-    """Score, register, alias, report; returns what `metrics_path` holds."""
+    """Score, register, alias, report; returns what `metrics_path` holds. Two promotions at
+    once (two `dvc repro` in one project, or against one local store) take turns."""
     import mlflow
 
     tracking.setup()
-    client = mlflow.MlflowClient()
-    name = config.REGISTERED_MODEL
-    lineage = tracking.lineage_tags()
-    sources = {cand: read_run_info(Path(folder) / "run.json") for cand, folder in candidates.items()}
-    recipe = Recipe.from_params(params)
-    segmenters = {cand: package(client, run_id, uri, recipe) for cand, (run_id, uri) in sources.items()}
-    samples = load_split_samples(split_path, samples_dir, "test")
-    scored = [Candidate(cand, run_id, segmenters[cand], score_model(segmenters[cand], samples, recipe, cand),
-                        best_val_loss(client, run_id), source_lineage(client, run_id, lineage), recipe)
-              for cand, (run_id, _) in sources.items()]
-    incumbent = current_champion(client, name, scored, samples, recipe)
-    decision = decide({c.name: c.dsb for c in scored}, (incumbent.label, incumbent.dsb) if incumbent else None,
-                      float(params["promote"]["margin"]))
-    log.info("decision: %s", decision.reason)
+    with promotion_lock():
+        client = mlflow.MlflowClient()
+        name = config.REGISTERED_MODEL
+        lineage = tracking.lineage_tags()
+        sources = {cand: read_run_info(Path(folder) / "run.json") for cand, folder in candidates.items()}
+        recipe = Recipe.from_params(params)
+        segmenters = {cand: package(client, run_id, uri, recipe) for cand, (run_id, uri) in sources.items()}
+        samples = load_split_samples(split_path, samples_dir, "test")
+        scored = [Candidate(cand, run_id, segmenters[cand], score_model(segmenters[cand], samples, recipe, cand),
+                            best_val_loss(client, run_id), source_lineage(client, run_id, lineage), recipe)
+                  for cand, (run_id, _) in sources.items()]
+        incumbent = current_champion(client, name, scored, samples, recipe)
+        decision = decide({c.name: c.dsb for c in scored}, (incumbent.label, incumbent.dsb) if incumbent else None,
+                          float(params["promote"]["margin"]))
+        log.info("decision: %s", decision.reason)
 
-    versions = {c.name: register(client, name, c, decision.reason) for c in scored}
-    if incumbent:
-        versions.setdefault(incumbent.label, incumbent.version)
-    move_aliases(client, name, versions[decision.champion],
-                 versions[decision.challenger] if decision.challenger else None)
+        versions = {c.name: register(client, name, c, decision.reason) for c in scored}
+        if incumbent:
+            versions.setdefault(incumbent.label, incumbent.version)
+        experiment = tracking.dvc_experiment()
+        if experiment:
+            log.info("dvc experiment %s: no alias moves; it would make version %s champion", experiment[0],
+                     versions[decision.champion])
+        else:
+            move_aliases(client, name, versions[decision.champion],
+                         versions[decision.challenger] if decision.challenger else None)
 
-    result = promotion_table(scored, versions, decision, incumbent)
-    io.write_json(metrics_path, result)
-    io.atomic_write_text(report_path, promotion_markdown(result))
-    log_promote_run(result, lineage, metrics_path, report_path, split_path, params)
-    return result
+        result = promotion_table(scored, versions, decision, incumbent)
+        result["aliases_moved"] = experiment is None
+        if experiment:
+            result["dvc_experiment"] = experiment[0]
+        io.write_json(metrics_path, result)
+        io.atomic_write_text(report_path, promotion_markdown(result))
+        log_promote_run(result, lineage, metrics_path, report_path, split_path, params)
+        return result
 
 
 def promotion_table(scored: list[Candidate], versions: dict[str, int], decision: Decision,
@@ -84,7 +99,8 @@ def promotion_markdown(table: dict[str, Any]) -> str:
     """The tuned-vs-untuned table a reviewer reads, with the decision under it."""
     candidates = table["candidates"]
     modalities = sorted({m for c in candidates.values() for m in c["dsb_per_modality"]})
-    aliases = {table["champion_version"]: CHAMPION, table["challenger_version"]: CHALLENGER}
+    would = "" if table.get("aliases_moved", True) else "would be "
+    aliases = {table["champion_version"]: would + CHAMPION, table["challenger_version"]: would + CHALLENGER}
     header = ["candidate", "version", "alias", "val loss", "DSB", "pixel IoU", "Dice", *(f"DSB {m}" for m in modalities)]
     rows = [[name, c["version"], aliases.get(c["version"], ""), _fmt(c["loss"]), _fmt(c["dsb"]), _fmt(c["pixel_iou"]),
              _fmt(c["pixel_dice"]), *(_fmt(c["dsb_per_modality"].get(m)) for m in modalities)]
@@ -93,9 +109,14 @@ def promotion_markdown(table: dict[str, Any]) -> str:
         prev = table["previous_champion"]
         rows.append([f"{prev['label']} (champion before)", prev["version"], aliases.get(prev["version"], ""), "–",
                      _fmt(prev["dsb"]), "–", "–", *("–" for _ in modalities)])
-    lines = ["# Promotion: tuned vs untuned", "", "Scored on the `test` split, which chose nothing before this.", "", _row(header), _row(["---"] * len(header)), *map(_row, rows), "",
-             f"**Champion:** {_who(table['champion'], table['champion_version'])}; "
-             f"**challenger:** {_who(table['challenger'], table['challenger_version'])}.", "",
+    outcome = (f"**Champion:** {_who(table['champion'], table['champion_version'])}; "
+               f"**challenger:** {_who(table['challenger'], table['challenger_version'])}.")
+    if not table.get("aliases_moved", True):
+        outcome = (f"DVC experiment `{table.get('dvc_experiment')}`: no alias moved. It would make "
+                   f"{_who(table['champion'], table['champion_version'])} champion and "
+                   f"{_who(table['challenger'], table['challenger_version'])} challenger.")
+    lines = ["# Promotion: tuned vs untuned", "", "Scored on the `test` split, which chose nothing before this.", "",
+             _row(header), _row(["---"] * len(header)), *map(_row, rows), "", outcome, "",
              f"**Why:** {table['reason']}.", ""]
     return "\n".join(lines)
 

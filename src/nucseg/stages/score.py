@@ -4,10 +4,12 @@ per-nucleus measurements (optionally QuPath-readable GeoJSON outlines).
 
 Every setting of the segmentation comes with the model (its recipe), never from params.yaml.
 
-One unreadable image must not sink a batch of thousands, so it is recorded (`errors.csv`,
-`ScoreResult.failed`) and the rest are still scored; the CLI then exits non-zero so the failure
-is not missed. Every output file is written atomically, so an interrupted run leaves no
-half-written file under its final name.
+One image that cannot be scored (unreadable, or any error while segmenting it) must not sink
+a batch of thousands, so it is recorded (`errors.csv`, `ScoreResult.failed`) and the rest are
+still scored; the CLI then exits non-zero so the failure is not missed. A failure to write
+(a full disk) stops the run instead. Every output file is written atomically, and the tables of
+an earlier run in the same folder are removed before the first new label is written: an
+interrupted run leaves no half-written file, and no table describing other labels.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from nucseg import io
+from nucseg import config, io
 from nucseg.core.image_outputs import UNKNOWN_MODALITY, ImageOutputs, image_outputs, overlay_of
 from nucseg.core.measure import COLUMNS
 from nucseg.core.segment import Recipe, segment
@@ -32,6 +34,7 @@ log = get_logger("nucseg.score")
 
 DEFAULT_MODALITY_MODEL = "artifacts/modality_model.json"
 MODELS_SCHEME = "models:/"
+CHAMPION_URI = f"{MODELS_SCHEME}{config.REGISTERED_MODEL}@champion"
 
 
 class ModelUnavailable(RuntimeError):
@@ -54,7 +57,7 @@ def load_model(model_uri: str) -> tuple[Any, Recipe, dict[str, str]]:
     """
     from mlflow.exceptions import MlflowException
 
-    tracking.setup()
+    tracking.setup(create=False)
     try:
         source = _resolve(model_uri)
         network, recipe = load_segmenter(source["loaded_uri"])
@@ -65,6 +68,18 @@ def load_model(model_uri: str) -> tuple[Any, Recipe, dict[str, str]]:
             "Register and promote a model with `dvc repro promote`, or pass another --model-uri.") from err
     log.info("scoring with %s, recipe %s", source, recipe)
     return network, recipe, source
+
+
+def promoted_model_uri(promotion_path: str | Path) -> str:
+    """`models:/<name>/<version>` of the champion a promotion report names: in production the
+    version `champion` points at, under `dvc exp run` the one the experiment would make champion."""
+    try:
+        version = int(json.loads(Path(promotion_path).read_text())["champion_version"])
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{promotion_path}: not found; run `dvc repro promote` first") from err
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{promotion_path}: expected a promotion report with champion_version ({err!r})") from err
+    return f"{MODELS_SCHEME}{config.REGISTERED_MODEL}/{version}"
 
 
 def _resolve(model_uri: str) -> dict[str, str]:
@@ -98,8 +113,9 @@ def _parse_models_uri(model_uri: str) -> tuple[str, str, str]:
 
 def load_modality_model(path: str | Path) -> dict[str, Any] | None:
     """The fitted modality k-means, or None when the `modality` stage has not produced it:
-    counts then say "unknown" instead of scoring failing for a nice-to-have column."""
-    path = Path(path)
+    counts then say "unknown" instead of scoring failing for a nice-to-have column. A relative
+    path is the project's (scoring may run from a folder below it)."""
+    path = Path(path) if Path(path).is_absolute() else config.ROOT / path
     if not path.is_file():
         log.warning("%s not found: modality will be %r (run `dvc repro modality` to fit it)", path, UNKNOWN_MODALITY)
         return None
@@ -124,6 +140,7 @@ def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: d
         raise FileNotFoundError(f"{input_dir}: no images ({', '.join(io.IMAGE_SUFFIXES)}) found")
     output_dir = Path(output_dir)
     network, recipe, source = load_model(model_uri)
+    _remove_tables(output_dir)
     modality_model = load_modality_model(params.get("score", {}).get("modality_model", DEFAULT_MODALITY_MODEL))
     if engine == "spark":
         from nucseg.mlops.spark_engine import score_with_spark
@@ -140,8 +157,8 @@ def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: d
                 image = io.read_image(path)
                 outputs = image_outputs(image_id, image, segment(network, image, recipe), recipe, modality_model,
                                         geojson)
-        except (io.ImageError, ValueError) as err:  # one bad image never sinks the batch
-            problem = err.problem if isinstance(err, io.ImageError) else str(err)
+        except Exception as err:  # noqa: BLE001 - one bad image never sinks the batch
+            problem = err.problem if isinstance(err, io.ImageError) else _describe(err)
             log.error("not scored: %s: %s", path, problem)
             result.failed.append((str(path), problem))
             continue
@@ -171,7 +188,19 @@ def _write_image_outputs(output_dir: Path, outputs: ImageOutputs) -> None:
         io.write_json(output_dir / "outlines" / f"{outputs.image_id}.geojson", outputs.outlines)
 
 
+def _describe(err: Exception) -> str:
+    """The error in one line; its type too when it is not one of ours (a bug, not bad input)."""
+    message = str(err).splitlines()[0] if str(err) else ""
+    return message if isinstance(err, ValueError) else f"{type(err).__name__}: {message}".rstrip(": ")
+
+
 MEASUREMENT_COLUMNS = ["ImageId", *COLUMNS]
+TABLES = ("submission.csv", "counts.csv", "measurements.csv", "model.json", "errors.csv")
+
+
+def _remove_tables(output_dir: Path) -> None:
+    for name in TABLES:
+        (output_dir / name).unlink(missing_ok=True)
 
 
 def _write_tables(output_dir: Path, rows, counts, measurements, failed, source: dict[str, str]) -> None:

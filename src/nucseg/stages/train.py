@@ -1,20 +1,24 @@
 """Stage `train`: the untuned U-Net, tracked in MLflow, resumable after an interruption.
 
-Every epoch writes `last.keras` and `state.json`; a rerun after a crash or Ctrl-C reloads them
-(optimizer state included), continues at the next epoch with the same data stream, and keeps
-logging into the same MLflow run.
+Every epoch writes `last.keras` and `state.json` into `checkpoints/untuned`, outside the DVC
+output `models/untuned` (which DVC deletes before it reruns the stage); a rerun after a crash or
+Ctrl-C (`nucseg train` or `dvc repro`) reloads them (optimizer and callback progress included),
+continues at the next epoch with the same data stream, and keeps logging into the same MLflow
+run. A state saved under other params is refused with what to do (`training.load_state`).
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from nucseg import io
 from nucseg.config import get_logger
-from nucseg.core.training import build_model, curves_figure, fit, split_samples
+from nucseg.core.training import build_model, curves_figure, fit, load_state, settings_digest, split_samples
 from nucseg.mlops import datasets, tracking
 from nucseg.mlops.logged_models import MlflowLive, log_keras_model
 
@@ -26,22 +30,20 @@ import keras  # noqa: E402 - after config has set the backend
 def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
         samples_dir: str | Path = "artifacts/prepared", model_dir: str | Path = "models/untuned",
         metrics_path: str | Path = "reports/train_metrics.json",
-        history_path: str | Path = "reports/train_history.csv") -> dict[str, Any]:
+        history_path: str | Path = "reports/train_history.csv",
+        work_dir: str | Path = "checkpoints/untuned") -> dict[str, Any]:
     import mlflow
 
     cfg = params["train"]
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
+    model_dir, work_dir = Path(model_dir), Path(work_dir)
     keras.utils.set_random_seed(int(cfg["seed"]))
+    state = load_state(work_dir, settings_digest(params))  # refuses before anything else happens
     tracking.setup()
     train, val = split_samples(split_path, samples_dir)
-
-    state_file = model_dir / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() and (model_dir / "last.keras").exists() else None
     if state:
-        model = keras.saving.load_model(model_dir / "last.keras")
+        model = keras.saving.load_model(work_dir / "last.keras")
         initial_epoch = state["epoch"] + 1
-        log.info("resuming MLflow run %s at epoch %d from %s", state["run_id"], initial_epoch + 1, model_dir / "last.keras")
+        log.info("resuming MLflow run %s at epoch %d from %s", state["run_id"], initial_epoch + 1, work_dir / "last.keras")
     else:
         model, initial_epoch = build_model(params["model"], cfg), 0
     started = time.monotonic()
@@ -50,11 +52,18 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
             mlflow.set_tags({"stage": "train", "model_kind": "untuned", **tracking.lineage_tags()})
             mlflow.log_params(tracking.flatten({k: params[k] for k in ("model", "train", "augment", "prepare")}))
             datasets.log_split_inputs(split_path, ("train", "val"), params)
-        history = fit(model, train, val, params, model_dir, active.info.run_id, initial_epoch=initial_epoch,
-                      extra_callbacks=[MlflowLive()])
-        if (model_dir / "best.keras").exists():
-            model = keras.saving.load_model(model_dir / "best.keras")
+        live = MlflowLive()
+        if state and state.get("finished"):  # the crash came after the last epoch
+            history = pd.read_csv(work_dir / "history.csv")
+        else:
+            history = fit(model, train, val, params, work_dir, active.info.run_id, initial_epoch=initial_epoch,
+                          extra_callbacks=[live], state=state)
+        live.backfill(active.info.run_id, history)  # epochs whose metrics the server missed
+        if (work_dir / "best.keras").exists():
+            model = keras.saving.load_model(work_dir / "best.keras")
+        model_dir.mkdir(parents=True, exist_ok=True)
         model.save(model_dir / "model.keras")
+        io.write_csv(model_dir / "history.csv", history)
         figure = model_dir / "training_curves.png"
         curves_figure(history, figure)
         mlflow.log_artifact(str(figure), "plots")
@@ -70,7 +79,6 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
         io.write_json(model_dir / "run.json", {"run_id": active.info.run_id, "model_uri": model_uri})
     io.write_json(metrics_path, metrics)
     io.write_csv(history_path, history)
-    (model_dir / "last.keras").unlink(missing_ok=True)
-    state_file.unlink(missing_ok=True)
+    shutil.rmtree(work_dir)  # finished: nothing to resume
     log.info("trained: %s", metrics)
     return metrics

@@ -14,20 +14,32 @@ because its old scores would not be comparable with new ones.
 
 Time budget (`tune.max_minutes`, counted from the start of the stage; a retraining with
 `tune.final_epochs` is bounded by `train.max_minutes` instead): keras-tuner 1.4.8 has no time
-limit. Its search loop calls the tuner's `pre_create_trial` hook just before asking the oracle
-for the next trial, when the previous trial's results are already saved; `MlflowTrialMixin`
-raises `BudgetSpent` there and its `search` returns normally on it. No trial is half-created,
-so the saved state stays a valid point to resume from, and (unlike lowering the oracle's
-`max_trials`) a trial waiting in the oracle's retry queue is held back too. At least one trial
-always completes, so there is a best model even with a zero budget; a running trial is never
-cut short.
+limit, so the oracle gets one (`BudgetedOracleMixin`): once the budget is spent, it answers a
+request for a new trial with "stopped", as it does when a search is complete. No trial is
+half-created, so the saved state stays a valid point to resume from, and (unlike lowering the
+oracle's `max_trials`) a trial waiting in the oracle's retry queue is held back too. At least
+one trial always completes, so there is a best model even with a zero budget; a running trial
+is never cut short.
+
+Distributed search (`role`): Keras Tuner's chief/worker mode. The chief (`role="chief"`) holds
+the oracle and serves it over gRPC at `oracle` (host:port), opens the parent run and, when the
+workers are done, writes the results and trains the tuned model as a single-process search
+does. Workers (`role="worker"`, on any machine that reaches the oracle and the tracking server)
+ask it for trials and log each as a nested run under the chief's parent run, which they find by
+its `tune.oracle` tag. The budget is the chief's, since its oracle enforces it. Hyperband
+continues trials from other trials' checkpoints, so its workers need the tuner directory on a
+shared filesystem; Bayesian optimisation does not.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
+import os
+import shutil
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -42,7 +54,7 @@ log = get_logger("nucseg.tune")
 
 import keras  # noqa: E402 - after config has set the backend
 import keras_tuner as kt  # noqa: E402
-from keras_tuner.engine.trial import TrialStatus  # noqa: E402
+from keras_tuner.engine.trial import Trial, TrialStatus  # noqa: E402
 
 from nucseg.core import training  # noqa: E402
 from nucseg.core.augment import AugmentConfig  # noqa: E402
@@ -119,45 +131,62 @@ class UNetHyperModel(kt.HyperModel):
 
 # ---- tuners: MLflow per trial, time budget ----
 
-class BudgetSpent(Exception):
-    """Raised between trials once the search's time budget is spent."""
+class BudgetedOracleMixin:
+    """An oracle that starts no trial once `deadline` (time.monotonic) has passed, if one has
+    completed. Comes before the keras-tuner oracle class in the bases."""
+
+    deadline: float = math.inf
+
+    @kt.synchronized
+    def create_trial(self, tuner_id):
+        if tuner_id not in self.ongoing_trials and time.monotonic() >= self.deadline and completed_trials(self):
+            log.info("tune: time budget spent after %d trial(s); starting no more", len(self.trials))
+            self.tuner_ids.discard(tuner_id)  # as for a finished search: the chief waits for no one
+            return Trial(self.hyperparameters.copy(), status=TrialStatus.STOPPED)
+        return super().create_trial(tuner_id)
+
+
+class BudgetedHyperbandOracle(BudgetedOracleMixin, kt.oracles.HyperbandOracle):
+    pass
+
+
+class BudgetedBayesianOracle(BudgetedOracleMixin, kt.oracles.BayesianOptimizationOracle):
+    pass
 
 
 class MlflowTrialMixin:
     """Each trial a nested MLflow run (params, live epoch metrics, best val metrics) under the
-    active parent run, and no new trial once `deadline` (time.monotonic) has passed. Must come
-    before the keras-tuner class in the bases so its hooks wrap the tuner's."""
+    parent run `parent_run_id`. Must come before the keras-tuner class in the bases so its hooks
+    wrap the tuner's."""
 
-    def __init__(self, *args, deadline: float = math.inf, **kwargs):
-        self.deadline = deadline
-        self.trials_run = 0
-        super().__init__(*args, **kwargs)
-
-    def search(self, *args, **kwargs) -> None:
-        try:
-            super().search(*args, **kwargs)
-        except BudgetSpent:
-            log.info("tune: time budget spent after %d trial(s) this session; starting no more", self.trials_run)
-            self.on_search_end()
-
-    def pre_create_trial(self) -> None:
-        if time.monotonic() >= self.deadline and completed_trials(self):
-            raise BudgetSpent
-        super().pre_create_trial()
+    parent_run_id: str | None = None
+    trials_run = 0
 
     def run_trial(self, trial, *args, **kwargs):
+        """The trial, in its nested run if the tracking store takes one: a store that does not
+        answer costs the trial its MLflow run (with a warning naming it), never the search."""
         import mlflow
 
         self.trials_run += 1
         values = trial.hyperparameters.values
         log.info("tune: trial %s running (#%d this session): %s", trial.trial_id, self.trials_run, values)
-        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), MlflowLive()]
-        with mlflow.start_run(nested=True, run_name=f"trial-{trial.trial_id}"):
-            mlflow.set_tags({"stage": "tune", "trial_id": trial.trial_id})
-            mlflow.log_params(values)
+        run = _tracked(f"open trial {trial.trial_id}'s run", lambda: mlflow.start_run(
+            nested=True, parent_run_id=self.parent_run_id, run_name=f"trial-{trial.trial_id}"))
+        if run:
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), MlflowLive()]
+            _tracked("tag the trial's run", lambda: (mlflow.set_tags(
+                {"stage": "tune", "trial_id": trial.trial_id, "tuner_id": self.tuner_id}), mlflow.log_params(values)))
+        status = "FAILED"
+        try:
             histories = super().run_trial(trial, *args, **kwargs)
             best = best_epoch_metrics(histories)
-            mlflow.log_metrics({f"best_{name}": value for name, value in best.items()})
+            status = "FINISHED"
+        finally:
+            if run:
+                if status == "FINISHED":
+                    _tracked("log the trial's result", lambda: mlflow.log_metrics(
+                        {f"best_{name}": value for name, value in best.items()}))
+                _tracked("close the trial's run", lambda: mlflow.end_run(status))
         log.info("tune: trial %s finished: %s", trial.trial_id, best)
         return histories
 
@@ -168,12 +197,37 @@ class MlflowTrialMixin:
         super().on_trial_end(trial)
 
 
+def _tracked(what: str, call):
+    """`call()`'s result, or None and a warning naming the tracking store if it failed."""
+    import mlflow
+
+    try:
+        return call()
+    except Exception as err:  # noqa: BLE001 - the store's failures must not end the search
+        log.warning("tune: could not %s: MLflow tracking store %s did not answer (%s: %s)", what,
+                    mlflow.get_tracking_uri(), type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return None
+
+
+# keras-tuner's Hyperband and BayesianOptimization build their own oracle, without a budget;
+# these build the tuner on a budgeted one (Tuner.__init__) and keep the rest of the class.
+
 class MlflowHyperband(MlflowTrialMixin, kt.Hyperband):
     """Hyperband with MLflow trial runs and a time budget."""
+
+    def __init__(self, *, objective, max_epochs: int, factor: int, seed: int, deadline: float, **kwargs):
+        oracle = BudgetedHyperbandOracle(objective, max_epochs=max_epochs, factor=factor, seed=seed)
+        oracle.deadline = deadline
+        kt.Tuner.__init__(self, oracle=oracle, **kwargs)
 
 
 class MlflowBayesianOptimization(MlflowTrialMixin, kt.BayesianOptimization):
     """Bayesian optimisation with MLflow trial runs and a time budget."""
+
+    def __init__(self, *, objective, max_trials: int, seed: int, deadline: float, **kwargs):
+        oracle = BudgetedBayesianOracle(objective, max_trials=max_trials, seed=seed)
+        oracle.deadline = deadline
+        kt.Tuner.__init__(self, oracle=oracle, **kwargs)
 
 
 def make_tuner(params: dict[str, Any], directory: Path, overwrite: bool, deadline: float) -> MlflowTrialMixin:
@@ -198,8 +252,9 @@ def best_epoch_metrics(histories: list[keras.callbacks.History]) -> dict[str, fl
     return {name: float(value) for name, value in pick(epochs, key=lambda m: m[metric]).items()}
 
 
-def completed_trials(tuner: kt.Tuner) -> list:
-    return [t for t in tuner.oracle.trials.values() if t.status == TrialStatus.COMPLETED]
+def completed_trials(tuner_or_oracle) -> list:
+    oracle = getattr(tuner_or_oracle, "oracle", tuner_or_oracle)
+    return [t for t in oracle.trials.values() if t.status == TrialStatus.COMPLETED]
 
 
 def trial_metrics(trial) -> dict[str, float]:
@@ -235,14 +290,35 @@ def trials_table(tuner: kt.Tuner, params: dict[str, Any]) -> pd.DataFrame:
 
 # ---- resuming ----
 
-def search_settings(params: dict[str, Any]) -> dict[str, Any]:
-    """Everything a trial's score depends on, in JSON form; a saved search resumes only under equal settings."""
+def search_settings(params: dict[str, Any], split_path: str | Path) -> dict[str, Any]:
+    """Everything a trial's score depends on, in JSON form; a saved search resumes only under
+    equal settings: the params trials share, the data version, the train/val rows of the split,
+    and the code this process runs."""
     space = params["tune"]["space"]
+    split = pd.read_csv(split_path)
     settings = {"tune": {k: v for k, v in params["tune"].items() if k not in RESUMABLE_TUNE_KEYS},
                 "model": {k: v for k, v in params["model"].items() if k not in space},
                 "train": {k: params["train"][k] for k in TRIAL_TRAIN_KEYS},
-                "augment": params["augment"]}
+                "augment": params["augment"],
+                "data_md5": tracking.data_md5(),
+                "split": hashlib.sha256(split[split["split"].isin(["train", "val"])].to_csv(index=False).encode())
+                .hexdigest(),
+                "code": code_digest(trial_code())}
     return json.loads(json.dumps(settings))
+
+
+def trial_code() -> list[Path]:
+    """The source files a trial's result depends on: the array code and this stage."""
+    package = Path(__file__).resolve().parents[1]
+    return sorted(package.glob("core/*.py")) + [package / "config.py", Path(__file__).resolve()]
+
+
+def code_digest(files: list[Path]) -> str:
+    """sha256 over the names and contents of `files`: changes when any of them does."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def saved_search(tuner_dir: Path, settings: dict[str, Any]) -> tuple[bool, str | None]:
@@ -257,7 +333,9 @@ def saved_search(tuner_dir: Path, settings: dict[str, Any]) -> tuple[bool, str |
         return False, None
     saved = json.loads(state_file.read_text())
     if saved["settings"] != settings:
-        log.warning("tune: search settings changed since %s was written; starting a new search", state_file)
+        changed = sorted(key for key in {*saved["settings"], *settings} if saved["settings"].get(key) != settings.get(key))
+        log.warning("tune: search settings changed since %s was written (%s); starting a new search", state_file,
+                    ", ".join(changed))
         return False, None
     try:
         MlflowClient().get_run(saved["run_id"])
@@ -304,15 +382,19 @@ def retrain(tuned: dict[str, Any], samples: tuple[list, list], model_dir: Path, 
     tuned["train"]["max_minutes"] = float(tuned["tune"]["final_max_minutes"])
     keras.utils.set_random_seed(int(tuned["train"]["seed"]))
     model = training.build_model(tuned["model"], tuned["train"])
-    history = training.fit(model, *samples, tuned, model_dir, run_id, epochs=int(tuned["tune"]["final_epochs"]),
-                            extra_callbacks=[MlflowLive()])
+    work_dir = model_dir / ".training"
+    live = MlflowLive()
+    history = training.fit(model, *samples, tuned, work_dir, run_id, epochs=int(tuned["tune"]["final_epochs"]),
+                           extra_callbacks=[live])
+    live.backfill(run_id, history)
+    io.write_csv(model_dir / "history.csv", history)
     figure = model_dir / "training_curves.png"
     training.curves_figure(history, figure)
     mlflow.log_artifact(str(figure), "plots")
     mlflow.log_artifact(str(model_dir / "history.csv"), "plots")
-    (model_dir / "last.keras").unlink(missing_ok=True)
-    (model_dir / "state.json").unlink(missing_ok=True)
-    return keras.saving.load_model(model_dir / "best.keras")
+    best = keras.saving.load_model(work_dir / "best.keras")
+    shutil.rmtree(work_dir)
+    return best
 
 
 def load_trial_model(tuner: kt.Tuner, trial) -> keras.Model:
@@ -353,17 +435,68 @@ def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tupl
                       {"run_id": active.info.run_id, "model_uri": model_uri, "hyperparameters": values})
 
 
+ROLES = ("chief", "worker")
+ORACLE_TAG, PORT_TAG = "tune.oracle", "tune.oracle_port"
+SETTINGS_TAG = "tune.settings_digest"
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def join_search(role: str, oracle: str) -> str:
+    """Point Keras Tuner at the chief's oracle (its environment variables); returns this
+    tuner's id. The chief binds `oracle`'s host (0.0.0.0: every interface), workers connect to it."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    host, _, port = oracle.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"oracle must be host:port, got {oracle!r}")
+    tuner_id = "chief" if role == "chief" else f"worker-{socket.gethostname()}-{os.getpid()}"
+    os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=host, KERASTUNER_ORACLE_PORT=port)
+    return tuner_id
+
+
+def find_parent_run(oracle: str, digest: str, timeout: float = 300) -> str:
+    """The running parent run of the chief serving on `oracle`'s port (the chief may have bound
+    0.0.0.0 where workers name its host); waits for the chief to open it. Refuses a chief whose
+    search settings differ from this worker's params."""
+    import mlflow
+
+    port = oracle.rpartition(":")[2]
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = mlflow.search_runs(filter_string=f"tags.`{PORT_TAG}` = '{port}' and attributes.status = 'RUNNING'",
+                                  order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+        if runs:
+            if runs[0].data.tags.get(SETTINGS_TAG) != digest:
+                raise ValueError(f"the chief at {oracle} searches with other settings than this worker's params "
+                                 f"(digest {runs[0].data.tags.get(SETTINGS_TAG)} vs {digest}): use the same params.yaml")
+            return runs[0].info.run_id
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no running tune chief for oracle {oracle} in {mlflow.get_tracking_uri()} after "
+                               f"{timeout:.0f} s: start `nucseg tune --role chief --oracle {oracle}` first, with the "
+                               "same MLFLOW_TRACKING_URI")
+        time.sleep(2)
+
+
 def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
         samples_dir: str | Path = "artifacts/prepared", tuner_dir: str | Path = "models/tuner",
         model_dir: str | Path = "models/tuned", metrics_path: str | Path = "reports/tune_metrics.json",
-        trials_path: str | Path = "reports/tune_trials.csv") -> dict[str, Any]:
+        trials_path: str | Path = "reports/tune_trials.csv", role: str | None = None,
+        oracle: str | None = None) -> dict[str, Any]:
+    """The search and the tuned model; see the module doc. With `role` (and `oracle`,
+    host:port), this process is the chief or one worker of a distributed search."""
     import mlflow
 
     started = time.monotonic()
     tuner_dir, model_dir = Path(tuner_dir), Path(model_dir)
     tracking.setup()
     samples = training.split_samples(split_path, samples_dir)
-    settings = search_settings(params)
+    settings = search_settings(params, split_path)
+    tuner_id = join_search(role, oracle) if role else None
+    if role == "worker":
+        return run_worker(params, tuner_dir, samples, find_parent_run(oracle, settings_digest(settings)), tuner_id)
     resume, parent_id = saved_search(tuner_dir, settings)
     tuner = make_tuner(params, tuner_dir, overwrite=not resume,
                        deadline=started + 60 * float(params["tune"]["max_minutes"]))
@@ -375,6 +508,12 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
             mlflow.log_params(tracking.flatten({"tune": params["tune"]}))
             datasets.log_split_inputs(split_path, ("train", "val"), params)
             io.write_json(tuner_dir / STATE_FILE, {"run_id": parent.info.run_id, "settings": settings})
+        if role == "chief":
+            mlflow.set_tags({ORACLE_TAG: oracle, PORT_TAG: oracle.rpartition(":")[2],
+                             SETTINGS_TAG: settings_digest(settings)})
+            log.info("tune: chief serving the oracle on %s; start workers with `nucseg tune --role worker "
+                     "--oracle <this host>:%s`", oracle, oracle.rpartition(":")[2])
+        tuner.parent_run_id = parent.info.run_id
         run_search(tuner, params, *samples)
         minutes = round((time.monotonic() - started) / 60, 2)
         best = best_trial(tuner)
@@ -389,3 +528,14 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
     io.write_json(metrics_path, metrics)
     log.info("tuned: %s", metrics)
     return metrics
+
+
+def run_worker(params: dict[str, Any], tuner_dir: Path, samples: tuple[list, list], parent_run_id: str,
+               tuner_id: str) -> dict[str, Any]:
+    """Run trials for the chief until it says the search is over; every trial a nested run
+    under the chief's parent run. The chief writes the results."""
+    tuner = make_tuner(params, tuner_dir, overwrite=False, deadline=math.inf)  # the chief's oracle keeps time
+    tuner.parent_run_id = parent_run_id
+    log.info("tune: %s joined the search of parent run %s", tuner_id, parent_run_id)
+    run_search(tuner, params, *samples)
+    return {"role": "worker", "tuner_id": tuner_id, "parent_run_id": parent_run_id, "trials_run": tuner.trials_run}

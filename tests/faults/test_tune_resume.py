@@ -1,0 +1,81 @@
+"""The tuner's saved search resumes only when nothing its trials depend on changed: a rerun
+with the same data, split and code continues it; new data, another split or other code start
+a new search (and say why)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, write_synthetic_prepared
+from nucseg import config
+from nucseg.stages import tune
+
+
+def tiny_params() -> dict:
+    params = config.load_params(ROOT / "params.yaml")
+    params["model"]["batchnorm"] = False
+    params["train"].update(crop_size=32, batch_size=2, steps_per_epoch=1, val_crops=2, workers=1, max_minutes=5)
+    params["tune"].update(algorithm="bayesian", max_trials=1, steps_per_epoch=1, max_epochs=1, max_minutes=5,
+                          final_epochs=0)
+    params["tune"]["space"] = {"base_filters": [4], "depth": [1], "dropout": [0.0, 0.2], "learning_rate": [0.001, 0.01],
+                               "bce_weight": [0.5, 1.5], "dice_weight": [0.5, 1.5]}
+    return params
+
+
+def dvc_pointer(md5: str) -> str:
+    return f"outs:\n- md5: {md5}\n  path: data\n"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    write_synthetic_prepared(tmp_path / "artifacts")
+    (tmp_path / "data.dvc").write_text(dvc_pointer("1111.dir"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setattr(config, "ROOT", tmp_path)
+    return tmp_path
+
+
+def run_tune(root) -> dict:
+    return tune.run(tiny_params(), split_path=root / "artifacts" / "split.csv", samples_dir=root / "artifacts" / "prepared",
+                    tuner_dir=root / "models" / "tuner", model_dir=root / "models" / "tuned",
+                    metrics_path=root / "reports" / "tune_metrics.json", trials_path=root / "reports" / "tune_trials.csv")
+
+
+def parent_run(root) -> str:
+    import json
+
+    return json.loads((root / "models" / "tuner" / tune.STATE_FILE).read_text())["run_id"]
+
+
+def test_saved_search_resumes_only_on_the_same_data_split_and_code(project, caplog):
+    assert run_tune(project)["trials_this_session"] == 1
+    first = parent_run(project)
+    assert run_tune(project)["trials_this_session"] == 0 and parent_run(project) == first  # resumed: nothing to do
+
+    (project / "data.dvc").write_text(dvc_pointer("2222.dir"))  # another data version
+    with caplog.at_level("WARNING"):
+        assert run_tune(project)["trials_this_session"] == 1
+    assert "settings changed" in caplog.text and "data_md5" in caplog.text
+    second = parent_run(project)
+    assert second != first
+
+    split = pd.read_csv(project / "artifacts" / "split.csv")
+    split.loc[split["split"] == "test", "split"] = "train"  # another split
+    split.to_csv(project / "artifacts" / "split.csv", index=False)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert run_tune(project)["trials_this_session"] == 1
+    assert "split" in caplog.text and parent_run(project) != second
+
+
+def test_code_digest_follows_the_code(tmp_path):
+    files = [tmp_path / "a.py", tmp_path / "b.py"]
+    for path in files:
+        path.write_text("x = 1\n")
+    before = tune.code_digest(files)
+    assert tune.code_digest(files) == before
+    files[1].write_text("x = 2\n")
+    assert tune.code_digest(files) != before
+    assert ROOT / "src" / "nucseg" / "stages" / "tune.py" in tune.trial_code()
