@@ -122,3 +122,32 @@ def test_tracking_server_outage_mid_training_costs_no_epoch(tiny_params, synthet
         assert json.loads((tmp_path / "work" / "state.json").read_text())["epoch"] == 3  # every epoch saved
     finally:
         server.stop()
+
+
+def test_trials_whose_logging_fails_do_not_end_the_search(tmp_path, monkeypatch, caplog):
+    from conftest import write_synthetic_prepared
+    from nucseg.core import training
+    from nucseg.mlops import tracking
+    from nucseg.stages import tune
+    from test_tune_resume import tiny_params
+
+    server = ServerOutage(tmp_path)
+    server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    monkeypatch.chdir(tmp_path)
+    tracking.setup()
+    prepared = write_synthetic_prepared(tmp_path / "artifacts")
+    params = tiny_params()
+    params["tune"]["max_trials"] = 2
+    tuner = tune.make_tuner(params, tmp_path / "tuner", overwrite=True, deadline=float("inf"))
+    try:
+        with mlflow.start_run() as parent:
+            tuner.parent_run_id = parent.info.run_id
+            server.stop()  # gone before the first trial
+            with caplog.at_level("WARNING"):
+                tune.run_search(tuner, params, *training.split_samples(prepared / "split.csv", prepared / "prepared"))
+            assert len(tune.completed_trials(tuner)) == 2  # both trials trained and scored
+            assert f"MLflow tracking store {server.url} did not answer" in caplog.text
+            server.start()
+    finally:
+        server.stop()

@@ -180,7 +180,7 @@ def test_dvc_experiment_leaves_production_aliases_alone(pipeline):
 
     use_store(pipeline)
     client = mlflow.MlflowClient()
-    versions = {alias: client.get_model_version_by_alias("nucseg-unet", alias).version
+    versions = {alias: int(client.get_model_version_by_alias("nucseg-unet", alias).version)
                 for alias in ("champion", "challenger")}
     # Production serves the other model (as if an older one were champion): an experiment that
     # moved aliases would move `champion` back to the better candidate.
@@ -198,10 +198,11 @@ def test_dvc_experiment_leaves_production_aliases_alone(pipeline):
         "champion": versions["challenger"], "challenger": versions["champion"]}
     report = json.loads((pipeline / "reports" / "promotion.json").read_text())
     assert report["aliases_moved"] is False and report["dvc_experiment"] == "margin-check"
-    assert str(report["champion_version"]) == versions["champion"]  # what it would serve...
+    assert report["champion_version"] == versions["champion"]  # what it would serve...
     scored = json.loads((pipeline / "outputs" / "stage1_test" / "model.json").read_text())
-    assert scored["version"] == versions["champion"]  # ... is what the experiment's score stage scored
-    [promote] = mlflow.search_runs(filter_string="tags.dvc_experiment = 'margin-check'", output_format="list")
+    assert scored["version"] == str(versions["champion"])  # ... is what the experiment's score stage scored
+    [promote] = mlflow.search_runs(filter_string="tags.dvc_experiment = 'margin-check'", output_format="list",
+                                   search_all_experiments=True)
     assert promote.data.tags["stage"] == "promote" and promote.data.tags["dvc_baseline"] == baseline
     assert "no alias moved" in (pipeline / "reports" / "promotion.md").read_text()
 
@@ -214,8 +215,9 @@ def test_mlflow_run_gives_each_stage_its_own_run(pipeline):
     sh(str(BIN / "mlflow"), "run", ".", "-e", "train", "--env-manager", "local", "--experiment-name", "nucseg",
        cwd=pipeline, env=env)
     use_store(pipeline)
-    [launcher] = mlflow.search_runs(filter_string="tags.`mlflow.project.entryPoint` = 'train'", output_format="list")
+    [launcher] = mlflow.search_runs(filter_string="tags.`mlflow.project.entryPoint` = 'train'", output_format="list",
+                                    search_all_experiments=True)
     children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{launcher.info.run_id}'",
-                                  output_format="list")
+                                  output_format="list", search_all_experiments=True)
     assert [run.data.tags["stage"] for run in children] == ["train"]
     assert "val_loss" in children[0].data.metrics and "val_loss" not in launcher.data.metrics
