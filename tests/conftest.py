@@ -148,8 +148,13 @@ def sh(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 def pipeline_env() -> dict:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-            "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    """This process's environment for a subprocess, without the MLflow run or experiment that
+    earlier tests in this process may have left in it."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    for leftover in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(leftover, None)
+    return env
 
 
 def build_project(project: Path, env: dict) -> None:

@@ -301,8 +301,11 @@ def test_cli_predict_prints_the_count(tracked, score_params, tmp_path):
 
 
 def test_cli_without_a_registered_model_fails_cleanly(score_params, tmp_path, monkeypatch):
+    from nucseg.mlops import tracking
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/empty.db")
+    tracking.setup()  # a store, but nothing registered in it
     _write_good_images(tmp_path / "in")
     result = CliRunner().invoke(app, ["score", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                                       "--params", _params_file(tmp_path / "params.yaml", score_params)])
