@@ -147,6 +147,19 @@ def sh(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return result
 
 
+def tiny_tune_params(**tune_overrides) -> dict:
+    """Real params with a search of seconds: one-level U-Nets of 4 filters, one-step epochs."""
+    from nucseg.config import load_params
+
+    params = load_params(ROOT / "params.yaml")
+    params["model"]["batchnorm"] = False
+    params["train"].update(crop_size=32, batch_size=2, steps_per_epoch=2, val_crops=2, workers=1, max_minutes=5)
+    params["tune"].update({"steps_per_epoch": 2, "max_minutes": 10, "final_epochs": 0, **tune_overrides})
+    params["tune"]["space"] = {"base_filters": [4], "depth": [1], "dropout": [0.0, 0.2], "learning_rate": [0.001, 0.01],
+                               "bce_weight": [0.5, 1.5], "dice_weight": [0.5, 1.5]}
+    return params
+
+
 def pipeline_env() -> dict:
     """This process's environment for a subprocess, without the MLflow run or experiment that
     earlier tests in this process may have left in it."""

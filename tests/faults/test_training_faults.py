@@ -125,11 +125,10 @@ def test_tracking_server_outage_mid_training_costs_no_epoch(tiny_params, synthet
 
 
 def test_trials_whose_logging_fails_do_not_end_the_search(tmp_path, monkeypatch, caplog):
-    from conftest import write_synthetic_prepared
+    from conftest import tiny_tune_params, write_synthetic_prepared
     from nucseg.core import training
     from nucseg.mlops import tracking
     from nucseg.stages import tune
-    from test_tune_resume import tiny_params
 
     server = ServerOutage(tmp_path)
     server.start()
@@ -137,8 +136,7 @@ def test_trials_whose_logging_fails_do_not_end_the_search(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     tracking.setup()
     prepared = write_synthetic_prepared(tmp_path / "artifacts")
-    params = tiny_params()
-    params["tune"]["max_trials"] = 2
+    params = tiny_tune_params(algorithm="bayesian", max_trials=2, max_epochs=1)
     tuner = tune.make_tuner(params, tmp_path / "tuner", overwrite=True, deadline=float("inf"))
     try:
         with mlflow.start_run() as parent:

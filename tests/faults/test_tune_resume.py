@@ -7,20 +7,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest import ROOT, write_synthetic_prepared
+from conftest import ROOT, tiny_tune_params, write_synthetic_prepared
 from nucseg import config
 from nucseg.stages import tune
-
-
-def tiny_params() -> dict:
-    params = config.load_params(ROOT / "params.yaml")
-    params["model"]["batchnorm"] = False
-    params["train"].update(crop_size=32, batch_size=2, steps_per_epoch=1, val_crops=2, workers=1, max_minutes=5)
-    params["tune"].update(algorithm="bayesian", max_trials=1, steps_per_epoch=1, max_epochs=1, max_minutes=5,
-                          final_epochs=0)
-    params["tune"]["space"] = {"base_filters": [4], "depth": [1], "dropout": [0.0, 0.2], "learning_rate": [0.001, 0.01],
-                               "bce_weight": [0.5, 1.5], "dice_weight": [0.5, 1.5]}
-    return params
 
 
 def dvc_pointer(md5: str) -> str:
@@ -38,7 +27,7 @@ def project(tmp_path, monkeypatch):
 
 
 def run_tune(root) -> dict:
-    return tune.run(tiny_params(), split_path=root / "artifacts" / "split.csv", samples_dir=root / "artifacts" / "prepared",
+    return tune.run(tiny_tune_params(algorithm="bayesian", max_trials=1, max_epochs=1), split_path=root / "artifacts" / "split.csv", samples_dir=root / "artifacts" / "prepared",
                     tuner_dir=root / "models" / "tuner", model_dir=root / "models" / "tuned",
                     metrics_path=root / "reports" / "tune_metrics.json", trials_path=root / "reports" / "tune_trials.csv")
 

@@ -8,27 +8,16 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import BIN, ROOT, free_port, pipeline_env, write_synthetic_prepared
+from conftest import BIN, free_port, pipeline_env, tiny_tune_params, write_synthetic_prepared
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
-
-
-def tune_params() -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["model"]["batchnorm"] = False
-    params["train"].update(crop_size=32, batch_size=2, steps_per_epoch=2, val_crops=2, workers=1, max_minutes=5)
-    params["tune"].update(algorithm="hyperband", max_epochs=4, hyperband_factor=2, steps_per_epoch=2, max_minutes=10,
-                          final_epochs=0)
-    params["tune"]["space"] = {"base_filters": [4], "depth": [1], "dropout": [0.0, 0.2], "learning_rate": [0.001, 0.01],
-                               "bce_weight": [0.5, 1.5], "dice_weight": [0.5, 1.5]}
-    return params
 
 
 def test_chief_and_two_workers_share_one_search(tracking_server, tmp_path):
     import mlflow
 
     write_synthetic_prepared(tmp_path / "artifacts")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tune_params()))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_tune_params(algorithm="hyperband", max_epochs=4, hyperband_factor=2)))
     env = {**pipeline_env(), "MLFLOW_TRACKING_URI": tracking_server.url}
     oracle = f"127.0.0.1:{free_port()}"
     command = [str(BIN / "nucseg"), "tune", "--oracle", oracle, "--role"]
