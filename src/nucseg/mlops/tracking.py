@@ -32,6 +32,7 @@ def setup(experiment: str = config.EXPERIMENT_NAME, create: bool = True) -> str:
     `create=False` (commands that only read, like scoring) refuses a local store that does not
     exist yet rather than leave an empty `mlflow.db` wherever the command was run."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     global _launcher_run_id
     _launcher_run_id = os.environ.pop("MLFLOW_RUN_ID", None) or _launcher_run_id
@@ -47,7 +48,11 @@ def setup(experiment: str = config.EXPERIMENT_NAME, create: bool = True) -> str:
     if not create:
         return uri
     if mlflow.get_experiment_by_name(experiment) is None:
-        mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri))
+        try:
+            mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri))
+        except MlflowException as err:  # another process (a tuning worker, say) created it just now
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     mlflow.set_experiment(experiment)
     mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, "custom_model_development")
     return uri
