@@ -14,7 +14,7 @@ from nucseg import config
 
 
 # MLflow 3 opens an experiment without this tag on its GenAI overview of traces, empty for us
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 
 # `mlflow run` opens a run and hands it to the entry point's command as MLFLOW_RUN_ID; every
@@ -47,14 +47,20 @@ def setup(experiment: str = config.EXPERIMENT_NAME, create: bool = True) -> str:
     mlflow.set_registry_uri(uri)
     if not create:
         return uri
+    # Several processes may start at once on a fresh server (a tuning chief and its workers):
+    # creating the experiment or its tag can then race; whoever loses finds it done.
     if mlflow.get_experiment_by_name(experiment) is None:
         try:
             mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri))
-        except MlflowException as err:  # another process (a tuning worker, say) created it just now
+        except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-    mlflow.set_experiment(experiment)
-    mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, "custom_model_development")
+    if mlflow.set_experiment(experiment).tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        try:
+            mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        except MlflowException:
+            if mlflow.get_experiment_by_name(experiment).tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                raise
     return uri
 
 
