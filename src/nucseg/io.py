@@ -29,6 +29,15 @@ class ImageError(ValueError):
         super().__init__(f"{path}: {problem}")
 
 
+def problem_of(err: Exception) -> str:
+    """What went wrong with one input, in a line: an `ImageError`'s problem, a `ValueError`'s
+    message, any other error with its type (a bug or a model failure rather than bad input)."""
+    if isinstance(err, ImageError):
+        return err.problem
+    message = str(err).splitlines()[0] if str(err) else ""
+    return message if isinstance(err, ValueError) else f"{type(err).__name__}: {message}".rstrip(": ")
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Image as stored (uint8/uint16/float), RGB(A) channel order, 2-D or 3-D."""
     path = Path(path)

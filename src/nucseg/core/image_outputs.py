@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from nucseg.core import modality, rle
 from nucseg.core.measure import measure, outlines_geojson
 from nucseg.core.overlay import draw_outlines
 from nucseg.core.preprocess import preprocess
-from nucseg.core.segment import Recipe
+from nucseg.core.segment import Recipe, segment
 
 UNKNOWN_MODALITY = "unknown"
 DECIMALS = 4  # measurements are written with this many decimals
@@ -74,3 +75,10 @@ def image_outputs(image_id: str, image: np.ndarray, labels: np.ndarray, recipe: 
         measurements=measure(labels, image).round(DECIMALS),
         modality=modality_of(modality_model, image),
         outlines=outlines_geojson(labels) if geojson else None)
+
+
+def score_file(image_id: str, path: str | Path, network, recipe: Recipe, modality_model: dict[str, Any] | None,
+               geojson: bool = False) -> ImageOutputs:
+    """Read, segment and describe one image file: the per-image work of either scoring engine."""
+    image = io.read_image(path)
+    return image_outputs(image_id, image, segment(network, image, recipe), recipe, modality_model, geojson)

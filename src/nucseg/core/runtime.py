@@ -44,7 +44,6 @@ class OnnxNetwork:
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise RuntimeUnavailable(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from err
         self.input_name = self.session.get_inputs()[0].name
-        self.channels = self.session.get_inputs()[0].shape[-1]
 
     def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.asarray(batch, dtype=np.float32)})[0]

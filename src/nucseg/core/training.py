@@ -123,6 +123,7 @@ class EpochState(keras.callbacks.Callback):
                  progress: dict[str, dict[str, float]] | None = None):
         super().__init__()
         self.work_dir, self.run_id, self.digest, self.watched, self.progress = work_dir, run_id, digest, watched, progress
+        self.epoch: int | None = None  # the last epoch saved
 
     def on_train_begin(self, logs=None):
         if self.progress:
@@ -136,7 +137,7 @@ class EpochState(keras.callbacks.Callback):
         self._write(finished=False)
 
     def on_train_end(self, logs=None):
-        if hasattr(self, "epoch"):  # training is over (epochs, early stopping or budget): a rerun only finishes up
+        if self.epoch is not None:  # training is over (epochs, early stopping or budget): a rerun only finishes up
             self._write(finished=True)
 
     def _write(self, finished: bool) -> None:

@@ -74,8 +74,7 @@ def predict_frame(network, recipe: Recipe, frame: pd.DataFrame) -> pd.DataFrame:
             labels = segment(network, io.decode_image(_as_bytes(data, name), name), recipe)
             rows.append({"labels": io.encode_png(labels, name), "nuclei": count_nuclei(labels), "error": ""})
         except Exception as err:  # noqa: BLE001 - one bad image never sinks the batch
-            problem = str(err) if isinstance(err, (io.ImageError, ValueError)) else f"{name}: {type(err).__name__}: {err}"
-            rows.append({"labels": b"", "nuclei": 0, "error": problem})
+            rows.append({"labels": b"", "nuclei": 0, "error": f"{name}: {io.problem_of(err)}"})
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 
 

@@ -1,8 +1,9 @@
 """Scoring at scale: the registered segmenter applied on Spark, one model load per partition.
 
-`spark_udf` cannot return the binary label images, so the pyfunc runs inside `mapInPandas`:
-each partition loads the model once, segments its images in batches, and also draws and
-measures them (`image_outputs`), so the driver only writes files. Executors read the image
+`spark_udf` cannot return the binary label images, so the segmenter runs inside `mapInPandas`:
+each partition loads the registered pyfunc once and scores its images with the network and
+recipe it holds, exactly as the local engine does (`image_outputs.score_file`: segment, draw,
+measure), so the driver only writes files. Executors read the image
 files themselves, so the paths must be visible to them (a shared filesystem on a cluster).
 """
 
@@ -44,36 +45,22 @@ def _partition_scorer(model_uri: str, modality_model: dict[str, Any] | None, geo
         import pandas as pd
 
         from nucseg import io
-        from nucseg.core.image_outputs import image_outputs
+        from nucseg.core.image_outputs import score_file
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
             mlflow.set_registry_uri(tracking_uri)
         # Once per partition, one ONNX Runtime thread: Spark already runs one task per core.
-        model = mlflow.pyfunc.load_model(model_uri, model_config={"threads": 1})
-        recipe = model.unwrap_python_model().recipe
+        segmenter = mlflow.pyfunc.load_model(model_uri, model_config={"threads": 1}).unwrap_python_model()
         columns = [column.split()[0] for column in ROW_SCHEMA.split(", ")]
         for batch in batches:
-            data, unreadable = [], {}
-            for index, path in zip(batch.index, batch["path"]):
-                try:
-                    data.append(Path(path).read_bytes())
-                except OSError as err:
-                    data.append(b"")
-                    unreadable[index] = f"cannot read file ({err.strerror or err})"
-            segmented = model.predict(pd.DataFrame({"image": data}, index=batch.index))
             rows = []
-            for image_id, image_bytes, index, labels, error in zip(batch["id"], data, batch.index,
-                                                                   segmented["labels"], segmented["error"]):
-                error = unreadable.get(index, error)
-                if not error:
-                    try:
-                        image, labels = io.decode_image(image_bytes, image_id), io.decode_image(labels, image_id)
-                        rows.append(image_outputs(image_id, image, labels, recipe, modality_model, geojson).to_row())
-                        continue
-                    except Exception as err:  # noqa: BLE001 - one bad image never sinks the batch
-                        error = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
-                rows.append({"id": image_id, "error": error})
+            for image_id, path in zip(batch["id"], batch["path"]):
+                try:
+                    rows.append(score_file(image_id, path, segmenter.network, segmenter.recipe, modality_model,
+                                           geojson).to_row())
+                except Exception as err:  # noqa: BLE001 - one bad image never sinks the batch
+                    rows.append({"id": image_id, "error": io.problem_of(err)})
             yield pd.DataFrame(rows, columns=columns, dtype=object)  # pyarrow-backed strings confuse Spark
 
     return score

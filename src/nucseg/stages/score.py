@@ -23,7 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from nucseg import config, io
-from nucseg.core.image_outputs import UNKNOWN_MODALITY, ImageOutputs, image_outputs, overlay_of
+from nucseg.core.image_outputs import UNKNOWN_MODALITY, ImageOutputs, overlay_of, score_file
 from nucseg.core.measure import COLUMNS
 from nucseg.core.segment import Recipe, segment
 from nucseg.mlops import tracking
@@ -151,14 +151,10 @@ def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: d
     for image_id, path in tqdm(images, desc=f"score: {'writing' if engine == 'spark' else 'scoring'} images",
                                unit="image"):
         try:
-            if engine == "spark":
-                outputs = _from_spark(on_spark[image_id], path)
-            else:
-                image = io.read_image(path)
-                outputs = image_outputs(image_id, image, segment(network, image, recipe), recipe, modality_model,
-                                        geojson)
+            outputs = _from_spark(on_spark[image_id], path) if engine == "spark" else \
+                score_file(image_id, path, network, recipe, modality_model, geojson)
         except Exception as err:  # noqa: BLE001 - one bad image never sinks the batch
-            problem = err.problem if isinstance(err, io.ImageError) else _describe(err)
+            problem = io.problem_of(err)
             log.error("not scored: %s: %s", path, problem)
             result.failed.append((str(path), problem))
             continue
@@ -177,7 +173,7 @@ def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: d
 
 def _from_spark(result: ImageOutputs | str, path: Path) -> ImageOutputs:
     if isinstance(result, str):
-        raise io.ImageError(path, result.split(": ", 1)[-1])  # the pyfunc names the row; we name the file
+        raise io.ImageError(path, result)
     return result
 
 
@@ -186,12 +182,6 @@ def _write_image_outputs(output_dir: Path, outputs: ImageOutputs) -> None:
     io.atomic_write_bytes(output_dir / "overlays" / f"{outputs.image_id}.png", outputs.overlay_png)
     if outputs.outlines is not None:
         io.write_json(output_dir / "outlines" / f"{outputs.image_id}.geojson", outputs.outlines)
-
-
-def _describe(err: Exception) -> str:
-    """The error in one line; its type too when it is not one of ours (a bug, not bad input)."""
-    message = str(err).splitlines()[0] if str(err) else ""
-    return message if isinstance(err, ValueError) else f"{type(err).__name__}: {message}".rstrip(": ")
 
 
 MEASUREMENT_COLUMNS = ["ImageId", *COLUMNS]

@@ -26,7 +26,7 @@ the oracle and serves it over gRPC at `oracle` (host:port), opens the parent run
 workers are done, writes the results and trains the tuned model as a single-process search
 does. Workers (`role="worker"`, on any machine that reaches the oracle and the tracking server)
 ask it for trials and log each as a nested run under the chief's parent run, which they find by
-its `tune.oracle` tag. The budget is the chief's, since its oracle enforces it. Hyperband
+its `tune.oracle_port` tag. The budget is the chief's, since its oracle enforces it. Hyperband
 continues trials from other trials' checkpoints, so its workers need the tuner directory on a
 shared filesystem; Bayesian optimisation does not.
 """
