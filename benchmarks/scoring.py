@@ -17,8 +17,7 @@ from pathlib import Path
 
 from nucseg import io
 from nucseg.config import load_params
-from nucseg.core.preprocess import preprocess
-from nucseg.core.segment import probability_maps
+from nucseg.core.segment import prepared_image, probability_maps
 from nucseg.mlops.segmenter_model import load_segmenter
 from nucseg.stages import score
 
@@ -37,8 +36,7 @@ def main() -> None:
     print(f"{len(images)} images, {megapixels:.2f} megapixels, model {source.get('name')} v{source.get('version')}, "
           f"tta={recipe.tta}, runtime {type(network).__name__}")
 
-    prepared = [preprocess(io.read_image(path), recipe.normalize_low, recipe.normalize_high, recipe.resize)
-                for _, path in images]
+    prepared = [prepared_image(io.read_image(path), recipe) for _, path in images]
     for runtime_name in ("keras", "onnx"):
         network, _ = load_segmenter(source["loaded_uri"], runtime_name=runtime_name)
         probability_maps(network, prepared[0], recipe)  # trace once

@@ -154,7 +154,7 @@ def tiny_tune_params(**tune_overrides) -> dict:
     params = load_params(ROOT / "params.yaml")
     params["model"]["batchnorm"] = False
     params["train"].update(crop_size=32, batch_size=2, steps_per_epoch=2, val_crops=2, workers=1, max_minutes=5)
-    params["tune"].update({"steps_per_epoch": 2, "max_minutes": 10, "final_epochs": 0, **tune_overrides})
+    params["tune"].update({"steps_per_epoch": 2, "max_minutes": 10, "retrain": False, **tune_overrides})
     params["tune"]["space"] = {"base_filters": [4], "depth": [1], "dropout": [0.0, 0.2], "learning_rate": [0.001, 0.01],
                                "bce_weight": [0.5, 1.5], "dice_weight": [0.5, 1.5]}
     return params

@@ -117,3 +117,34 @@ def test_inversion_flips_intensities():
     image, target = random_sample(rng, 64, 64)
     x, _ = sample_crop(image, target, 32, rng, AugmentConfig(invert=1.0), center=(32, 32))
     np.testing.assert_allclose(x, 1.0 - image[16:48, 16:48] / 255.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("change", [
+    {"gamma": 0.6}, {"intensity_min": 0.2}, {"hed_jitter": 0.3}, {"hue": 0.2}, {"saturation": 0.8},
+    {"greyscale": 1.0}, {"blur_sigma": 2.0}, {"noise": 0.1},
+])
+def test_each_photometric_transform_changes_only_the_image(change):
+    """Same seed, same crop position and geometry: the transform alters intensities within [0, 1]
+    and leaves the target alone; switching it on draws no extra random numbers."""
+    rng_image = np.random.default_rng(3)
+    image = rng_image.integers(0, 256, (80, 90, 3), dtype=np.uint8)
+    image[..., 2] //= 3  # coloured, so colour transforms have something to change
+    target = rng_image.integers(0, 2, (80, 90, 2), dtype=np.uint8)
+    plain_x, plain_y = sample_crop(image, target, 48, np.random.default_rng(9), AugmentConfig(flip=True))
+    x, y = sample_crop(image, target, 48, np.random.default_rng(9), AugmentConfig(flip=True, **change))
+    np.testing.assert_array_equal(y, plain_y)
+    assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    assert np.abs(x - plain_x).mean() > 0.005
+
+
+def test_greyscale_drops_colour_and_dimming_darkens():
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    target = np.zeros((64, 64, 2), np.uint8)
+    x, _ = sample_crop(image, target, 32, np.random.default_rng(0), AugmentConfig(greyscale=1.0))
+    np.testing.assert_allclose(x[..., 0], x[..., 1], atol=1e-6)
+    plain, _ = sample_crop(image, target, 32, np.random.default_rng(0), AugmentConfig())
+    dim, _ = sample_crop(image, target, 32, np.random.default_rng(0), AugmentConfig(intensity_min=0.2))
+    assert dim.mean() < plain.mean()
+    with pytest.raises(ValueError, match="intensity_min"):
+        AugmentConfig(intensity_min=0.0)

@@ -14,7 +14,7 @@ from skimage.draw import disk
 from nucseg import io
 from nucseg.stages import prepare
 from nucseg.core.preprocess import preprocess, resize_labels, working_size
-from nucseg.core.targets import labels_from_masks, targets_from_labels
+from nucseg.core.targets import labels_from_masks, targets_from_labels, touching_gaps
 
 
 def disk_mask(shape, center, radius) -> np.ndarray:
@@ -104,7 +104,7 @@ def test_touching_disks_fixture_is_what_the_expectations_assume():
 @pytest.mark.parametrize("border_width", [1, 2, 3])
 def test_targets_foreground_border_and_dtype(border_width):
     labels = touching_disks()
-    target = targets_from_labels(labels, border_width)
+    target = targets_from_labels(labels, "border", border_width)
     assert target.dtype == np.uint8 and target.shape == SHAPE + (2,)
     assert set(np.unique(target)) <= {0, 1}
     foreground, border = target[..., 0].astype(bool), target[..., 1].astype(bool)
@@ -121,7 +121,7 @@ def test_targets_foreground_border_and_dtype(border_width):
     (3, [11, 12, 13, 25, 26, 27, 28, 29, 30, 44, 45, 46]),
 ])
 def test_border_ring_thickness_on_the_centre_row(border_width, ring_cols):
-    border = targets_from_labels(touching_disks(), border_width)[..., 1]
+    border = targets_from_labels(touching_disks(), "border", border_width)[..., 1]
     assert list(np.flatnonzero(border[CENTRE_ROW])) == ring_cols
 
 
@@ -139,7 +139,7 @@ def test_border_is_exactly_the_pixels_within_width_of_a_boundary(border_width):
         boundary |= (labels > 0) & (neighbour != labels)
     distance = distance_transform_edt(~boundary)
     expected = (labels > 0) & (distance <= border_width - 1)
-    border = targets_from_labels(labels, border_width)[..., 1].astype(bool)
+    border = targets_from_labels(labels, "border", border_width)[..., 1].astype(bool)
     np.testing.assert_array_equal(border, expected)
     interior = (labels > 0) & (distance > border_width - 1)
     assert interior.any() and not border[interior].any()
@@ -147,14 +147,14 @@ def test_border_is_exactly_the_pixels_within_width_of_a_boundary(border_width):
 
 def test_wider_border_is_a_thicker_ring():
     labels = touching_disks()
-    thin = targets_from_labels(labels, 1)[..., 1].astype(bool)
-    thick = targets_from_labels(labels, 3)[..., 1].astype(bool)
+    thin = targets_from_labels(labels, "border", 1)[..., 1].astype(bool)
+    thick = targets_from_labels(labels, "border", 3)[..., 1].astype(bool)
     assert (thin <= thick).all() and thick.sum() > 2 * thin.sum()
-    np.testing.assert_array_equal(targets_from_labels(labels, 1)[..., 0], targets_from_labels(labels, 3)[..., 0])
+    np.testing.assert_array_equal(targets_from_labels(labels, "border", 1)[..., 0], targets_from_labels(labels, "border", 3)[..., 0])
 
 
 def test_targets_of_an_empty_image_are_zero():
-    target = targets_from_labels(np.zeros((8, 9), np.uint16), 2)
+    target = targets_from_labels(np.zeros((8, 9), np.uint16), "border", 2)
     assert target.shape == (8, 9, 2) and not target.any()
 
 
@@ -263,6 +263,34 @@ def test_preprocess_without_resize_is_the_normalised_image_in_8_bit_levels():
     np.testing.assert_array_equal(out, expected)
 
 
+def stained_field(background: tuple[int, int, int], nucleus: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    shape = (64, 64)
+    mask = disk_mask(shape, (20, 20), 8) | disk_mask(shape, (44, 40), 10)
+    image = np.empty(shape + (3,), np.uint8)
+    image[:] = background
+    image[mask] = nucleus
+    return image, mask
+
+
+@pytest.mark.parametrize("background, nucleus", [
+    ((10, 10, 12), (40, 180, 60)),      # fluorescence: bright nuclei on black
+    ((240, 225, 235), (90, 40, 140)),   # H&E: purple nuclei on a pale pink background
+    ((245, 200, 220), (170, 120, 190)),  # a pale, pinker stain
+])
+def test_grey_input_shows_every_modality_as_bright_nuclei_on_a_dark_background(background, nucleus):
+    image, mask = stained_field(background, nucleus)
+    out = preprocess(image, 1.0, 99.8, input_form="grey", clahe_clip=2.0)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[..., 0], out[..., 1])
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+    assert out[mask].mean() > 150 and out[mask].mean() - out[~mask].mean() > 120
+
+
+def test_unknown_input_form_is_refused():
+    with pytest.raises(ValueError, match="input_form"):
+        preprocess(np.zeros((8, 8, 3), np.uint8), 1.0, 99.8, input_form="hsv")
+
+
 def write_sample(root: Path, sample_id: str, image: np.ndarray, masks: list[np.ndarray]) -> Path:
     sample = root / sample_id
     io.write_png(sample / "images" / f"{sample_id}.png", image)
@@ -278,7 +306,7 @@ def test_prepare_sample_with_resize(params, tmp_path):
     for mask in masks:
         image[mask] = 220
     image_path = write_sample(tmp_path, "s1", image, masks)
-    cfg = {**params["prepare"], "resize": 40, "border_width": 1}
+    cfg = {**params["prepare"], "resize": 40, "input_form": "rgb"}
     sample = prepare.prepare_sample(image_path, image_path.parent.parent / "masks", cfg)
     assert sample["image"].shape == (20, 40, 3) and sample["image"].dtype == np.uint8
     assert sample["labels"].shape == shape and sample["labels"].dtype == np.uint16  # truth as annotated
@@ -319,12 +347,12 @@ def test_run_on_real_slice(params, real_slice, tmp_path):
         assert len(np.unique(labels)) == n_masks[sid] + 1  # every mask survives, plus background
         assert target.dtype == np.uint8 and target.shape == (height, width, 2)
         np.testing.assert_array_equal(target[..., 0], labels > 0)
-        assert not (target[..., 1] & ~target[..., 0]).any()
+        np.testing.assert_array_equal(target[..., 1], touching_gaps(labels, params["prepare"]["gap_radius_fraction"]))
 
     on_disk = json.loads(summary_path.read_text())
     assert on_disk == summary
     assert summary["images"] == 4 and summary["nuclei"] == sum(n_masks.values())
-    assert 0 < summary["mean_border_fraction"] < 1
+    assert 0 < summary["mean_separator_fraction"] < 1
 
 
 def test_run_skips_test_images(params, real_slice, tmp_path):

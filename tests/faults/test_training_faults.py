@@ -137,7 +137,10 @@ def test_trials_whose_logging_fails_do_not_end_the_search(tmp_path, monkeypatch,
     tracking.setup()
     prepared = write_synthetic_prepared(tmp_path / "artifacts")
     params = tiny_tune_params(algorithm="bayesian", max_trials=2, max_epochs=1)
-    tuner = tune.make_tuner(params, tmp_path / "tuner", overwrite=True, deadline=float("inf"))
+    from nucseg.core.evaluation import load_split_samples
+
+    val = load_split_samples(prepared / "split.csv", prepared / "prepared", "val")
+    tuner = tune.make_tuner(params, tmp_path / "tuner", overwrite=True, deadline=float("inf"), val_samples=val)
     try:
         with mlflow.start_run() as parent:
             tuner.parent_run_id = parent.info.run_id

@@ -19,6 +19,7 @@ from nucseg.mlops import registry
 from nucseg.mlops.logged_models import log_keras_model
 from nucseg.stages import promote as promote_stage
 from nucseg.core.targets import targets_from_labels
+from nucseg.core.segment import Recipe
 from nucseg.core.unet import build_unet
 
 NAME = config.REGISTERED_MODEL
@@ -140,6 +141,7 @@ def promote(world, params, tmp_path):
     def _promote(untuned: dict, tuned: dict) -> dict:
         for kind, info in (("untuned", untuned), ("tuned", tuned)):
             io.write_json(tmp_path / kind / "run.json", info)
+            io.atomic_write_text(tmp_path / kind / "recipe.json", Recipe.from_params(params).to_json())
         return promote_stage.run(params, candidates={"untuned": tmp_path / "untuned", "tuned": tmp_path / "tuned"},
                             split_path=world.split, samples_dir=world.samples,
                             metrics_path=tmp_path / "reports" / "promotion.json",
@@ -200,7 +202,7 @@ def test_an_earlier_champion_keeps_its_alias_within_the_margin(world, promote):
     assert "stays champion" in result["reason"]
 
 
-def test_failed_promotion_leaves_the_champion_where_it_was(world, promote, tmp_path):
+def test_failed_promotion_leaves_the_champion_where_it_was(world, promote, params, tmp_path):
     promote(untuned=world.bad, tuned=world.good)
     before = _aliases()
     count = len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'"))
@@ -214,6 +216,9 @@ def test_failed_promotion_leaves_the_champion_where_it_was(world, promote, tmp_p
     with pytest.raises(registry.PromotionError, match="0" * 32):
         promote(untuned=world.good_twin, tuned={**world.good, "run_id": "0" * 32})
 
+    (tmp_path / "tuned" / "recipe.json").unlink()
+    with pytest.raises(registry.PromotionError, match=re.escape(str(tmp_path / "tuned" / "recipe.json"))):
+        promote_stage.run(params, candidates={"untuned": tmp_path / "untuned", "tuned": tmp_path / "tuned"})
     (tmp_path / "tuned" / "run.json").unlink()
     with pytest.raises(registry.PromotionError, match=re.escape(str(tmp_path / "tuned" / "run.json"))):
         promote_stage.run({}, candidates={"untuned": tmp_path / "untuned", "tuned": tmp_path / "tuned"})

@@ -44,7 +44,7 @@ def tiny_params(**tune_overrides) -> dict:
     params["model"]["batchnorm"] = False
     params["train"].update(crop_size=32, batch_size=2, steps_per_epoch=2, val_crops=2, workers=1, max_minutes=5)
     params["tune"].update({"algorithm": "hyperband", "max_epochs": 2, "hyperband_factor": 3, "steps_per_epoch": 2,
-                           "max_minutes": 5, "final_epochs": 0, **tune_overrides})
+                           "max_minutes": 5, "retrain": False, **tune_overrides})
     params["tune"]["space"] = {"base_filters": [4], "depth": [1], "dropout": [0.0, 0.2],
                                "learning_rate": [0.001, 0.01], "bce_weight": [0.5, 1.5], "dice_weight": [0.5, 1.5]}
     return params
@@ -137,7 +137,10 @@ def test_tuned_model_is_logged_in_its_own_run_and_loads(search):
     assert run.data.tags["model_kind"] == "tuned" and run.data.tags["tune_run_id"] == search.parent_id
     assert set(info["hyperparameters"]) == set(SPACE_NAMES)
     assert float(run.data.params["train.learning_rate"]) == pytest.approx(info["hyperparameters"]["learning_rate"])
-    assert run.data.metrics["val_loss"] == pytest.approx(search.metrics["val_loss"], abs=1e-5)
+    assert run.data.metrics["val_loss"] == pytest.approx(search.metrics["best_trial_val_loss"], abs=1e-5)
+    recipe = json.loads((search.root / "models" / "tuned" / "recipe.json").read_text())
+    assert run.data.tags["recipe.fg_threshold"] == str(recipe["fg_threshold"])  # its own thresholds travel with it
+    assert run.data.metrics["val_dsb"] >= run.data.metrics["val_dsb_params_thresholds"]
     model = mlflow.keras.load_model(info["model_uri"])
     assert model.predict_on_batch(np.zeros((1, 32, 48, 3), np.float32)).shape == (1, 32, 48, 2)
     assert (search.root / "models" / "tuned" / "model.keras").exists()
@@ -148,8 +151,27 @@ def test_reports_list_every_trial_and_the_best_configuration(search):
     trials = pd.read_csv(search.root / "reports" / "tune_trials.csv")
     assert metrics == search.metrics and set(metrics["best_hyperparameters"]) == set(SPACE_NAMES)
     assert list(trials["trial"]) == [0, 1] and set(trials["status"]) == {"COMPLETED"}
-    assert {*SPACE_NAMES, "trial_id", "epochs", "val_loss", "val_iou", "val_dice"} <= set(trials.columns)
-    assert metrics["val_iou"] == pytest.approx(trials["val_iou"].max(), abs=1e-5)  # the objective
+    assert {*SPACE_NAMES, "trial_id", "epochs", "val_dsb", "val_loss", "val_iou", "val_dice"} <= set(trials.columns)
+    assert metrics["best_trial_val_dsb"] == pytest.approx(trials["val_dsb"].max(), abs=1e-5)  # the objective
+
+
+def test_the_objective_is_the_dsb_of_whole_val_images_after_post_processing(search):
+    """The best trial's model (kept as the tuned model: retrain is off) scores on the val images,
+    with the params' post-processing, exactly the val_dsb the tuner ranked it by."""
+    import keras
+
+    from nucseg.core.evaluation import evaluate_model, load_split_samples
+    from nucseg.core.segment import Recipe
+
+    assert tune.OBJECTIVE == ("val_dsb", "max")
+    val = load_split_samples(search.root / "split.csv", search.root / "prepared", "val")
+    model = keras.saving.load_model(search.root / "models" / "tuned" / "model.keras", compile=False)
+    per_image, _ = evaluate_model(model, val, Recipe.from_params(search.params))
+    assert search.metrics["best_trial_val_dsb"] == pytest.approx(per_image["dsb"].mean(), abs=1e-5)
+    [parent] = runs_named(client(search.uri), "tune")
+    finished = [t for t in children(client(search.uri), parent.info.run_id) if t.info.status == "FINISHED"]
+    trials = pd.read_csv(search.root / "reports" / "tune_trials.csv")
+    assert sorted(t.data.metrics["val_dsb"] for t in finished) == pytest.approx(sorted(trials["val_dsb"]))
 
 
 def test_rerunning_a_finished_search_runs_no_trial(search):
@@ -162,7 +184,8 @@ def test_rerunning_a_finished_search_runs_no_trial(search):
 def test_spent_budget_stops_after_one_trial_and_retrains_the_best(tmp_path, monkeypatch):
     make_prepared(tmp_path)
     uri = isolate(monkeypatch, tmp_path)
-    params = tiny_params(algorithm="bayesian", max_trials=3, max_minutes=0, final_epochs=1)
+    params = tiny_params(algorithm="bayesian", max_trials=3, max_minutes=0, retrain=True)
+    params["train"]["epochs"] = 1  # the retraining gets the untuned model's budget
     metrics = run_tune(params, tmp_path)
     assert metrics["trials"] == 1 and len(pd.read_csv(tmp_path / "reports" / "tune_trials.csv")) == 1
     info = json.loads((tmp_path / "models" / "tuned" / "run.json").read_text())

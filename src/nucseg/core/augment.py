@@ -29,6 +29,15 @@ class AugmentConfig:
     brightness: float = 0.0
     contrast: float = 0.0
     invert: float = 0.0
+    # What users bring beyond DSB: dim or saturated nuclei, other stains, blur and noise.
+    gamma: float = 0.0            # half-width of log(gamma)
+    intensity_min: float = 1.0    # intensities scaled by a factor in [intensity_min, 1] (dim images)
+    hed_jitter: float = 0.0       # haematoxylin/eosin/DAB stain jitter (RGB input only)
+    hue: float = 0.0              # hue shift, as a fraction of the colour circle (RGB input only)
+    saturation: float = 0.0       # saturation scaled in [1 - s, 1 + s] (RGB input only)
+    greyscale: float = 0.0        # probability of dropping colour
+    blur_sigma: float = 0.0       # Gaussian blur sigma drawn in [0, blur_sigma]
+    noise: float = 0.0            # Gaussian noise sd drawn in [0, noise]
 
     def __post_init__(self) -> None:
         # Checked here so a bad params.yaml fails before training, not as NaNs mid-epoch.
@@ -38,8 +47,15 @@ class AugmentConfig:
             raise ValueError(f"contrast must be in [0, 1), got {self.contrast}")
         if not 0.0 <= self.invert <= 1.0:
             raise ValueError(f"invert is a probability, got {self.invert}")
-        if min(self.rotate_degrees, self.shear, self.brightness) < 0.0:
-            raise ValueError("rotate_degrees, shear and brightness are half-widths and must be >= 0")
+        if min(self.rotate_degrees, self.shear, self.brightness, self.gamma, self.hed_jitter, self.hue,
+               self.saturation, self.blur_sigma, self.noise) < 0.0:
+            raise ValueError("rotate_degrees, shear, brightness, gamma, hed_jitter, hue, saturation, blur_sigma and "
+                             "noise are half-widths or maxima and must be >= 0")
+        if not 0.0 < self.intensity_min <= 1.0:
+            raise ValueError(f"intensity_min must be in (0, 1], got {self.intensity_min}")
+        if not 0.0 <= self.greyscale <= 1.0 or self.saturation > 1.0:
+            raise ValueError(f"greyscale is a probability and saturation at most 1, got {self.greyscale}, "
+                             f"{self.saturation}")
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> AugmentConfig:
@@ -96,6 +112,15 @@ def sample_crop(
     brightness = rng.uniform(-cfg.brightness, cfg.brightness)
     contrast = rng.uniform(1.0 - cfg.contrast, 1.0 + cfg.contrast)
     invert = rng.random() < cfg.invert
+    gamma = np.exp(rng.uniform(-cfg.gamma, cfg.gamma))
+    intensity = np.exp(rng.uniform(np.log(cfg.intensity_min), 0.0))
+    stain = rng.normal(0.0, 1.0, (2, 3)) * cfg.hed_jitter  # per-stain scale and shift
+    hue = rng.uniform(-cfg.hue, cfg.hue) * 360.0
+    saturation = rng.uniform(1.0 - cfg.saturation, 1.0 + cfg.saturation)
+    greyscale = rng.random() < cfg.greyscale
+    blur = rng.uniform(0.0, cfg.blur_sigma)
+    noise = rng.uniform(0.0, cfg.noise)
+    noise_seed = int(rng.integers(2**31))
 
     matrix = _crop_to_source(size, center, angle, shear, scale)
     warp = dict(M=matrix, dsize=(size, size), borderMode=cv2.BORDER_REFLECT_101)
@@ -108,10 +133,36 @@ def sample_crop(
     img = np.ascontiguousarray(np.rot90(img, quarter_turns))
     tgt = np.ascontiguousarray(np.rot90(tgt, quarter_turns), dtype=np.float32)
 
-    # Contrast around the crop mean, brightness, inversion and clipping act per grey value, so they
-    # fold into one 256-entry table: with no augmentation it is exactly x / 255.
+    # Contrast around the crop mean, brightness, inversion, gamma, dimming and clipping act per grey
+    # value, so they fold into one 256-entry table: with no augmentation it is exactly x / 255.
     mean = sum(cv2.mean(img)[:3]) / 3.0 / 255.0
     lut = np.arange(256) * (contrast / 255.0) + (mean * (1.0 - contrast) + brightness)
     if invert:
         lut = 1.0 - lut
-    return cv2.LUT(img, np.clip(lut, 0.0, 1.0).astype(np.float32)), tgt
+    lut = np.clip(lut, 0.0, 1.0) ** gamma * intensity
+    out = cv2.LUT(img, lut.astype(np.float32))
+    out = recolour(out, stain, hue, saturation, greyscale)
+    if blur > 0.05:
+        out = cv2.GaussianBlur(out, (0, 0), blur, borderType=cv2.BORDER_REFLECT_101)
+    if noise > 0:
+        out = out + np.random.default_rng(noise_seed).normal(0.0, noise, out.shape).astype(np.float32)
+    return np.clip(out, 0.0, 1.0, out=out), tgt
+
+
+def recolour(rgb: np.ndarray, stain: np.ndarray, hue: float, saturation: float, greyscale: bool) -> np.ndarray:
+    """Stain jitter in haematoxylin/eosin/DAB space (`stain`: per-stain scale and shift), then a
+    hue shift in degrees, saturation scaling and optionally dropping colour, on float RGB in [0, 1]."""
+    if stain.any():
+        from skimage.color import hed2rgb, rgb2hed
+
+        hed = rgb2hed(rgb)
+        rgb = hed2rgb(hed * (1.0 + stain[0]) + stain[1] * 0.05).astype(np.float32)
+    if hue or saturation != 1.0:
+        hsv = cv2.cvtColor(np.clip(rgb, 0.0, 1.0).astype(np.float32), cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0] + hue) % 360.0
+        hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0.0, 1.0)
+        rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if greyscale:
+        grey = cv2.cvtColor(np.clip(rgb, 0.0, 1.0).astype(np.float32), cv2.COLOR_RGB2GRAY)
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+    return np.ascontiguousarray(rgb, np.float32)

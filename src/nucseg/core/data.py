@@ -45,6 +45,9 @@ class CropDataset(keras.utils.PyDataset):
     Images are drawn with probability proportional to sqrt(area): uniform sampling would show the
     pixels of the many 256x256 images far more often than those of the few 1040x1388 ones, while
     sampling by area would let those few large images (22x the pixels) dominate the batches.
+    `modality_balance` then oversamples the rare modalities (samples carry a `modality`): each
+    modality's share of the draws is its share under sqrt(area) raised to 1 - balance, so 0
+    keeps the data's proportions and 1 draws every modality equally often.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class CropDataset(keras.utils.PyDataset):
         steps_per_epoch: int,
         augment: AugmentConfig,
         seed: int,
+        modality_balance: float = 0.0,
         workers: int = 2,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
@@ -73,8 +77,7 @@ class CropDataset(keras.utils.PyDataset):
         self.seed = seed
         self.epoch = 0
         self._epoch_running = False
-        weights = np.sqrt([s["image"].shape[0] * s["image"].shape[1] for s in self.samples])
-        self._probabilities = weights / weights.sum()
+        self._probabilities = draw_probabilities(self.samples, modality_balance)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -106,6 +109,18 @@ class CropDataset(keras.utils.PyDataset):
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self.epoch = epoch
+
+
+def draw_probabilities(samples: Sequence[dict[str, Any]], modality_balance: float = 0.0) -> np.ndarray:
+    """How often each sample is drawn: see `CropDataset`."""
+    if not 0.0 <= modality_balance <= 1.0:
+        raise ValueError(f"modality_balance must be in [0, 1], got {modality_balance}")
+    weights = np.sqrt([s["image"].shape[0] * s["image"].shape[1] for s in samples])
+    modalities = np.array([s.get("modality", "") for s in samples])
+    for modality in np.unique(modalities):
+        own = modalities == modality
+        weights[own] *= weights[own].sum() ** -modality_balance
+    return weights / weights.sum()
 
 
 def validation_crops(

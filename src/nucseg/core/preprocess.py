@@ -1,5 +1,10 @@
 """What the network sees: one function for training data (`prepare`) and for every image
-segmented later, so a model is never fed images prepared differently from those it learnt on."""
+segmented later, so a model is never fed images prepared differently from those it learnt on.
+
+`input_form="grey"` makes the modalities look alike: luminance, inverted when the background is
+brighter than the nuclei (brightfield, H&E), with local contrast equalised (CLAHE), so stained
+tissue and dim fluorescence reach the network as bright nuclei on a dark background.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import cv2
 import numpy as np
 
 from nucseg import io
+
+INPUT_FORMS = ("rgb", "grey")
 
 
 def working_size(height: int, width: int, resize: int) -> tuple[int, int]:
@@ -17,10 +24,34 @@ def working_size(height: int, width: int, resize: int) -> tuple[int, int]:
     return max(1, round(height * factor)), max(1, round(width * factor))
 
 
-def preprocess(image: np.ndarray, normalize_low: float, normalize_high: float, resize: int = 0) -> np.ndarray:
-    """uint8 HxWx3: percentile-normalised (8/16-bit, grey/RGB/RGBA alike), stored as 8-bit
-    levels, rescaled to `working_size`."""
-    normalised = np.round(io.normalize_image(image, normalize_low, normalize_high) * 255).astype(np.uint8)
+def bright_background(grey: np.ndarray) -> bool:
+    """Nuclei cover a minority of almost every field, so the median is background."""
+    return float(np.median(grey)) > 0.5
+
+
+def nuclei_bright_grey(rgb: np.ndarray, clahe_clip: float) -> np.ndarray:
+    """uint8 HxWx3 (three equal channels) of a [0, 1] RGB image: luminance, inverted on a bright
+    background, CLAHE with `clahe_clip` (0: none)."""
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb, np.float32), cv2.COLOR_RGB2GRAY)
+    if bright_background(grey):
+        grey = 1.0 - grey
+    levels = np.round(grey * 255).astype(np.uint8)
+    if clahe_clip > 0:
+        levels = cv2.createCLAHE(clipLimit=clahe_clip, tileGridSize=(8, 8)).apply(levels)
+    return np.repeat(levels[..., None], 3, axis=2)
+
+
+def preprocess(image: np.ndarray, normalize_low: float, normalize_high: float, resize: int = 0,
+               input_form: str = "rgb", clahe_clip: float = 0.0) -> np.ndarray:
+    """uint8 HxWx3: percentile-normalised (8/16-bit, grey/RGB/RGBA alike), in the `input_form`,
+    stored as 8-bit levels, rescaled to `working_size`."""
+    rgb = io.normalize_image(image, normalize_low, normalize_high)
+    if input_form == "grey":
+        normalised = nuclei_bright_grey(rgb, clahe_clip)
+    elif input_form == "rgb":
+        normalised = np.round(rgb * 255).astype(np.uint8)
+    else:
+        raise ValueError(f"input_form must be one of {INPUT_FORMS}, got {input_form!r}")
     height, width = working_size(*normalised.shape[:2], resize)
     if (height, width) == normalised.shape[:2]:
         return normalised

@@ -16,7 +16,7 @@ import numpy as np
 
 from nucseg.core.infer import predict_maps
 from nucseg.core.postprocess import labels_from_maps
-from nucseg.core.preprocess import preprocess, resize_labels
+from nucseg.core.preprocess import INPUT_FORMS, preprocess, resize_labels
 
 # Pads every image to a multiple of 32: enough for U-Nets up to depth 5 and the MobileNetV2
 # encoder, so a model loaded from the registry needs no knowledge of how it was built.
@@ -30,6 +30,8 @@ class Recipe:
     normalize_low: float = 1.0
     normalize_high: float = 99.8
     resize: int = 0
+    input_form: str = "rgb"
+    clahe_clip: float = 0.0
     tile_size: int = 512
     tile_overlap: int = 64
     max_untiled_pixels: int = 1_048_576
@@ -46,6 +48,10 @@ class Recipe:
         if not 0.0 <= self.normalize_low < self.normalize_high <= 100.0:
             problems.append(f"need 0 <= normalize_low < normalize_high <= 100, got {self.normalize_low}, "
                             f"{self.normalize_high}")
+        if self.input_form not in INPUT_FORMS:
+            problems.append(f"input_form must be one of {INPUT_FORMS}, got {self.input_form!r}")
+        if self.clahe_clip < 0:
+            problems.append(f"clahe_clip must be >= 0 (0: no CLAHE), got {self.clahe_clip}")
         if self.resize < 0:
             problems.append(f"resize must be 0 (native) or a side length, got {self.resize}")
         if self.tile_size < INFERENCE_MULTIPLE or not 0 <= self.tile_overlap < self.tile_size:
@@ -73,7 +79,7 @@ class Recipe:
         if unknown:
             raise ValueError(f"invalid segmentation recipe: unknown setting(s) {sorted(unknown)}")
         types = {field.name: field.type for field in dataclasses.fields(cls)}
-        cast = {"float": float, "int": int, "bool": bool}
+        cast = {"float": float, "int": int, "bool": bool, "str": str}
         return cls(**{key: cast[types[key]](value) for key, value in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,7 +117,12 @@ def segment_prepared(model, image: np.ndarray, recipe: Recipe, height: int, widt
     return resize_labels(labels.astype(np.uint16), height, width)
 
 
+def prepared_image(image: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """An image as read from disk, as the network sees it (the recipe's `preprocess`)."""
+    return preprocess(image, recipe.normalize_low, recipe.normalize_high, recipe.resize, recipe.input_form,
+                      recipe.clahe_clip)
+
+
 def segment(model, image: np.ndarray, recipe: Recipe) -> np.ndarray:
     """uint16 instance labels, at the image's own size, of an image as read from disk."""
-    prepared = preprocess(image, recipe.normalize_low, recipe.normalize_high, recipe.resize)
-    return segment_prepared(model, prepared, recipe, *image.shape[:2])
+    return segment_prepared(model, prepared_image(image, recipe), recipe, *image.shape[:2])

@@ -25,9 +25,37 @@ log = get_logger("nucseg.train")
 import keras  # noqa: E402 - after config has set the backend
 
 from nucseg.core.augment import AugmentConfig  # noqa: E402
+from nucseg.core.calibration import search_recipe  # noqa: E402
 from nucseg.core.data import CropDataset, load_samples, validation_crops  # noqa: E402
+from nucseg.core.evaluation import load_split_samples  # noqa: E402
 from nucseg.core.losses import PixelDice, PixelIoU, bce_dice_loss  # noqa: E402
+from nucseg.core.segment import Recipe  # noqa: E402
 from nucseg.core.unet import build_unet  # noqa: E402
+
+
+def choose_recipe(model: keras.Model, params: dict[str, Any], split_path: str | Path, samples_dir: str | Path,
+                  model_dir: Path) -> dict[str, float]:
+    """Search the post-processing thresholds on `val` (`postprocess.search`), store the recipe
+    beside the model (`recipe.json`, every candidate in `thresholds.csv`) and in the active
+    MLflow run; returns val DSB with the params' thresholds and with the chosen ones."""
+    import mlflow
+
+    base = Recipe.from_params(params)
+    val = load_split_samples(split_path, samples_dir, "val")
+    recipe, table = search_recipe(model, val, base, params["postprocess"].get("search") or {},
+                                  desc=f"{model_dir}: thresholds on val")
+    io.atomic_write_text(model_dir / "recipe.json", recipe.to_json())
+    io.write_csv(model_dir / "thresholds.csv", table.round(5))
+    result = {"val_dsb_params_thresholds": float(table.loc[table["candidate"] == 0, "dsb"].iloc[0]),
+              "val_dsb": float(table["dsb"].iloc[0])}
+    mlflow.log_metrics(result)
+    mlflow.set_tags({f"recipe.{key}": str(value) for key, value in recipe.to_dict().items()})
+    mlflow.log_artifact(str(model_dir / "recipe.json"))
+    mlflow.log_artifact(str(model_dir / "thresholds.csv"), "evaluation")
+    log.info("%s: thresholds chosen on val: %s (val DSB %.4f, %.4f with the params' thresholds, %d candidates)",
+             model_dir, {k: getattr(recipe, k) for k in (params["postprocess"].get("search") or {})},
+             result["val_dsb"], result["val_dsb_params_thresholds"], len(table))
+    return result
 
 
 def build_model(model_cfg: dict[str, Any], train_cfg: dict[str, Any]) -> keras.Model:
@@ -47,10 +75,15 @@ def compile_model(model: keras.Model, train_cfg: dict[str, Any]) -> None:
 
 
 def split_samples(split_path: str | Path, samples_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """Training and validation samples, each with its `modality` from the split table."""
     split = pd.read_csv(split_path)
-    paths = {s: [Path(samples_dir) / f"{i}.npz" for i in split.loc[split["split"] == s, "id"]] for s in ("train", "val")}
-    return (load_samples(paths["train"], desc="train: loading training samples"),
-            load_samples(paths["val"], desc="train: loading validation samples"))
+    parts = []
+    for side in ("train", "val"):
+        rows = split[split["split"] == side]
+        samples = load_samples([Path(samples_dir) / f"{i}.npz" for i in rows["id"]],
+                               desc=f"train: loading {side} samples")
+        parts.append([{**sample, "modality": modality} for sample, modality in zip(samples, rows["modality"])])
+    return parts[0], parts[1]
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -173,7 +206,8 @@ def fit(model: keras.Model, train: list[dict], val: list[dict], params: dict[str
     work_dir.mkdir(parents=True, exist_ok=True)
     dataset = CropDataset(train, batch_size=int(cfg["batch_size"]), crop_size=int(cfg["crop_size"]),
                           steps_per_epoch=int(cfg["steps_per_epoch"]), augment=AugmentConfig.from_params(params["augment"]),
-                          seed=int(cfg["seed"]), workers=int(cfg["workers"]))
+                          seed=int(cfg["seed"]), modality_balance=float(cfg.get("modality_balance", 0.0)),
+                          workers=int(cfg["workers"]))
     dataset.set_epoch(initial_epoch)
     x_val, y_val = validation_crops(val, n=int(cfg["val_crops"]), crop_size=int(cfg["crop_size"]), seed=int(cfg["seed"]))
     history_csv = work_dir / "history.csv"

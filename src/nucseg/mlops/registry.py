@@ -131,6 +131,16 @@ def read_run_info(path: Path) -> tuple[str, str]:
         raise PromotionError(f"{path}: expected JSON with run_id and model_uri ({err!r})") from err
 
 
+def read_recipe(path: Path) -> Recipe:
+    """The recipe (thresholds chosen on val) a training or tuning stage stored beside its model."""
+    try:
+        return Recipe.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError as err:
+        raise PromotionError(f"{path}: not found; run the stage that trains this model first") from err
+    except (OSError, ValueError, TypeError) as err:
+        raise PromotionError(f"{path}: not a segmentation recipe ({err})") from err
+
+
 def score_model(model_uri: str, samples: list[dict[str, Any]], prepared_with: Recipe, label: str) -> dict[str, Any]:
     """Test summary (overall and per modality) of the segmenter behind `model_uri`, with its own
     recipe. The test images were prepared with `prepared_with`'s preprocessing; a model whose
@@ -150,7 +160,8 @@ def score_model(model_uri: str, samples: list[dict[str, Any]], prepared_with: Re
 
 
 def preprocessing(recipe: Recipe) -> dict[str, Any]:
-    return {key: getattr(recipe, key) for key in ("normalize_low", "normalize_high", "resize")}
+    return {key: getattr(recipe, key) for key in ("normalize_low", "normalize_high", "resize", "input_form",
+                                                  "clahe_clip")}
 
 
 def package(client, run_id: str, network_uri: str, recipe: Recipe) -> str:

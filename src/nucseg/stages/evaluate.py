@@ -52,7 +52,7 @@ def run(params: dict[str, Any], model_dir: str | Path = "models/untuned", split_
 
     model_dir = Path(model_dir)
     model = keras.saving.load_model(model_dir / "model.keras", compile=False)  # inference only
-    recipe = Recipe.from_params(params)
+    recipe = Recipe.from_dict(json.loads((model_dir / "recipe.json").read_text()))  # its own thresholds
     samples = {split: load_split_samples(split_path, samples_dir, split) for split in ("val", "test")}
     results = {split: evaluate_model(model, part, recipe, desc=f"evaluate {split}") for split, part in samples.items()}
     summaries = {split: summarize(per_image) for split, (per_image, _) in results.items()}

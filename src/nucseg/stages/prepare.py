@@ -1,5 +1,5 @@
 """Stage `prepare`: instance labels, training targets and normalised images of every training
-image, one npz each (see `core.targets` for the targets).
+image, one npz each (see `core.targets` for the foreground and separator targets).
 
 `image` and `target` are at the network's working size (`prepare.resize`); `labels`, the
 truth that evaluation scores against, stay at the size they were annotated at.
@@ -24,10 +24,11 @@ log = get_logger("nucseg.prepare")
 
 def prepare_sample(image_path: Path, masks_dir: Path, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
     image = preprocess(io.read_image(image_path), float(cfg["normalize_low"]), float(cfg["normalize_high"]),
-                       int(cfg.get("resize") or 0))
+                       int(cfg.get("resize") or 0), cfg.get("input_form", "rgb"), float(cfg.get("clahe_clip", 0.0)))
     labels = labels_from_masks([io.read_mask(p) for p in sorted(masks_dir.glob("*.png"))])
     working = resize_labels(labels, *image.shape[:2])
-    return {"image": image, "labels": labels, "target": targets_from_labels(working, int(cfg["border_width"]))}
+    return {"image": image, "labels": labels, "target": targets_from_labels(working, cfg.get("separator", "gap"), int(cfg["border_width"]),
+                                                                     float(cfg.get("gap_radius_fraction", 0.3)))}
 
 
 def run(params: dict[str, Any], manifest_path: str | Path = "artifacts/manifest.csv",
@@ -45,10 +46,10 @@ def run(params: dict[str, Any], manifest_path: str | Path = "artifacts/manifest.
         io.write_npz(samples_dir / f"{row.id}.npz", **sample)
         rows.append({"id": row.id, "height": sample["labels"].shape[0],
                      "width": sample["labels"].shape[1], "n_nuclei": int(sample["labels"].max()),
-                     "border_fraction": round(float(sample["target"][..., 1].mean()), 5)})
+                     "separator_fraction": round(float(sample["target"][..., 1].mean()), 5)})
     table = pd.DataFrame(rows)
     summary = {"images": int(len(table)), "nuclei": int(table["n_nuclei"].sum()),
-               "mean_border_fraction": round(float(table["border_fraction"].mean()), 5)}
+               "mean_separator_fraction": round(float(table["separator_fraction"].mean()), 5)}
     io.write_json(summary_path, summary)
     log.info("prepared %d images: %s", len(table), summary)
     return summary

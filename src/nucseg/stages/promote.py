@@ -1,8 +1,9 @@
 """Stage `promote`: the model registry decides which U-Net serves.
 
 `score` and `predict` load `models:/nucseg-unet@champion`, so whichever model holds that alias
-is what users get. Every candidate is scored here, on the same `test` split with the same
-post-processing, before the registry is touched: a crash mid-stage then leaves the aliases
+is what users get. Each candidate travels with its own recipe (the thresholds its training
+stage chose on `val`) and is scored here with it, on the same `test` split,
+before the registry is touched: a crash mid-stage then leaves the aliases
 exactly as they were, and the registry is never without a champion.
 
 Under `dvc exp run` the candidates are registered and scored (their versions tagged with the
@@ -22,7 +23,7 @@ from nucseg.core.evaluation import load_split_samples
 from nucseg.core.segment import Recipe
 from nucseg.mlops import datasets, tracking
 from nucseg.mlops.registry import (CHALLENGER, CHAMPION, Candidate, Decision, Incumbent, best_val_loss,
-                                   current_champion, decide, move_aliases, package, promotion_lock, read_run_info,
+                                   current_champion, decide, move_aliases, package, promotion_lock, read_recipe, read_run_info,
                                    register, score_model, source_lineage)
 
 log = get_logger("nucseg.promote")
@@ -47,13 +48,15 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
         name = config.REGISTERED_MODEL
         lineage = tracking.lineage_tags()
         sources = {cand: read_run_info(Path(folder) / "run.json") for cand, folder in candidates.items()}
-        recipe = Recipe.from_params(params)
-        segmenters = {cand: package(client, run_id, uri, recipe) for cand, (run_id, uri) in sources.items()}
+        recipes = {cand: read_recipe(Path(folder) / "recipe.json") for cand, folder in candidates.items()}
+        prepared_with = Recipe.from_params(params)  # how the test samples were prepared
+        segmenters = {cand: package(client, run_id, uri, recipes[cand]) for cand, (run_id, uri) in sources.items()}
         samples = load_split_samples(split_path, samples_dir, "test")
-        scored = [Candidate(cand, run_id, segmenters[cand], score_model(segmenters[cand], samples, recipe, cand),
-                            best_val_loss(client, run_id), source_lineage(client, run_id, lineage), recipe)
+        scored = [Candidate(cand, run_id, segmenters[cand],
+                            score_model(segmenters[cand], samples, prepared_with, cand),
+                            best_val_loss(client, run_id), source_lineage(client, run_id, lineage), recipes[cand])
                   for cand, (run_id, _) in sources.items()]
-        incumbent = current_champion(client, name, scored, samples, recipe)
+        incumbent = current_champion(client, name, scored, samples, prepared_with)
         decision = decide({c.name: c.dsb for c in scored}, (incumbent.label, incumbent.dsb) if incumbent else None,
                           float(params["promote"]["margin"]))
         log.info("decision: %s", decision.reason)

@@ -1,4 +1,5 @@
-"""Stage `train`: the untuned U-Net, tracked in MLflow, resumable after an interruption.
+"""Stage `train`: the untuned U-Net, tracked in MLflow, resumable after an interruption, with
+its post-processing thresholds chosen on `val` (`recipe.json` beside the model).
 
 Every epoch writes `last.keras` and `state.json` into `checkpoints/untuned`, outside the DVC
 output `models/untuned` (which DVC deletes before it reruns the stage); a rerun after a crash or
@@ -18,7 +19,8 @@ import pandas as pd
 
 from nucseg import io
 from nucseg.config import get_logger
-from nucseg.core.training import build_model, curves_figure, fit, load_state, settings_digest, split_samples
+from nucseg.core.training import (build_model, choose_recipe, curves_figure, fit, load_state, settings_digest,
+                                  split_samples)
 from nucseg.mlops import datasets, tracking
 from nucseg.mlops.logged_models import MlflowLive, log_keras_model
 
@@ -63,6 +65,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
             model = keras.saving.load_model(work_dir / "best.keras")
         model_dir.mkdir(parents=True, exist_ok=True)
         model.save(model_dir / "model.keras")
+        chosen = choose_recipe(model, params, split_path, samples_dir, model_dir)
         io.write_csv(model_dir / "history.csv", history)
         figure = model_dir / "training_curves.png"
         curves_figure(history, figure)
@@ -73,6 +76,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
         metrics = {"epochs": int(len(history)), "best_epoch": int(best["epoch"]) + 1,
                    "val_loss": round(float(best["val_loss"]), 5), "val_iou": round(float(best["val_iou"]), 5),
                    "val_dice": round(float(best["val_dice"]), 5),
+                   **{key: round(value, 4) for key, value in chosen.items()},
                    "minutes_this_session": round((time.monotonic() - started) / 60, 2),
                    "crops_per_second": round((len(history) - initial_epoch) * int(cfg["steps_per_epoch"])
                                              * int(cfg["batch_size"]) / max(time.monotonic() - started, 1e-9), 2)}

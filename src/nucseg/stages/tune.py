@@ -1,6 +1,12 @@
 """Stage `tune`: a Keras Tuner search over the U-Net's size and loss/optimizer knobs; the best
 configuration becomes the "tuned" model.
 
+The objective is what promotion decides on: the DSB metric of whole `val` images after
+post-processing (with the params' thresholds; the tuned model then gets its own, as the
+untuned one does), not pixel IoU on crops. The best configuration is retrained from scratch
+with the untuned model's budget (`train.epochs`, `train.max_minutes`), so the two compete on
+equal terms.
+
 MLflow: a parent run named "tune" holds the search settings, the best hyperparameters and the
 trials table; every trial is a nested run with its hyperparameters and live per-epoch metrics.
 The tuned model gets a top-level run of its own ("tuned"), shaped like the untuned one, so
@@ -12,8 +18,8 @@ finished trials are not run again and an interrupted trial is retried. A search 
 changed (space, algorithm, or the data/model/loss knobs trials share) starts afresh instead,
 because its old scores would not be comparable with new ones.
 
-Time budget (`tune.max_minutes`, counted from the start of the stage; a retraining with
-`tune.final_epochs` is bounded by `train.max_minutes` instead): keras-tuner 1.4.8 has no time
+Time budget (`tune.max_minutes`, counted from the start of the stage; the retraining is
+bounded by `train.max_minutes` instead): keras-tuner 1.4.8 has no time
 limit, so the oracle gets one (`BudgetedOracleMixin`): once the budget is spent, it answers a
 request for a new trial with "stopped", as it does when a search is complete. No trial is
 half-created, so the saved state stays a valid point to resume from, and (unlike lowering the
@@ -59,6 +65,8 @@ from keras_tuner.engine.trial import Trial, TrialStatus  # noqa: E402
 from nucseg.core import training  # noqa: E402
 from nucseg.core.augment import AugmentConfig  # noqa: E402
 from nucseg.core.data import CropDataset, validation_crops  # noqa: E402
+from nucseg.core.evaluation import evaluate_model, load_split_samples  # noqa: E402
+from nucseg.core.segment import Recipe  # noqa: E402
 from nucseg.mlops import datasets, tracking  # noqa: E402
 from nucseg.mlops.logged_models import MlflowLive, log_keras_model  # noqa: E402
 
@@ -67,14 +75,15 @@ SECTIONS = {"base_filters": "model", "depth": "model", "dropout": "model",
             "learning_rate": "train", "bce_weight": "train", "dice_weight": "train"}
 CHOICES = ("base_filters", "depth")
 LOG_SAMPLED = ("learning_rate",)
-VAL_METRICS = ("val_loss", "val_iou", "val_dice")
+VAL_METRICS = ("val_dsb", "val_loss", "val_iou", "val_dice")
 # Trial results depend on these train keys (beside the tuned ones); a saved search resumes only if they are unchanged.
-TRIAL_TRAIN_KEYS = ("seed", "crop_size", "batch_size", "border_loss_weight", "val_crops")
+TRIAL_TRAIN_KEYS = ("seed", "crop_size", "batch_size", "border_loss_weight", "val_crops", "modality_balance")
 # tune keys a resumed search may change: they limit the search but do not change its trials.
-RESUMABLE_TUNE_KEYS = ("max_minutes", "final_epochs", "final_max_minutes", "max_trials")
-# Pixel IoU of the foreground, not val_loss: the loss weights are searched too, and a loss
-# scaled by smaller weights would look better without the model being any better.
-OBJECTIVE = ("val_iou", "max")
+RESUMABLE_TUNE_KEYS = ("max_minutes", "retrain", "max_trials")
+# The metric promotion uses (DSB of whole val images after post-processing), not val_loss: the
+# loss weights are searched too, and a loss scaled by smaller weights would look better
+# without the model being any better.
+OBJECTIVE = ("val_dsb", "max")
 STATE_FILE = "state.json"
 
 
@@ -114,19 +123,29 @@ def build_hypermodel(hp: kt.HyperParameters, params: dict[str, Any]) -> keras.Mo
 
 class UNetHyperModel(kt.HyperModel):
     """`build_hypermodel` bound to the params, and a `fit` that rewinds the crop stream to the
-    first epoch trained: every trial, a hyperband continuation included, then sees the batches a
-    from-scratch run would, so scores differ by hyperparameters rather than by data luck."""
+    first epoch trained (every trial, a hyperband continuation included, then sees the batches a
+    from-scratch run would, so scores differ by hyperparameters rather than by data luck) and
+    scores the trained model on the whole `val` images (`val_samples`, with their labels)."""
 
-    def __init__(self, params: dict[str, Any]):
+    def __init__(self, params: dict[str, Any], val_samples: list[dict[str, Any]]):
         super().__init__(name="unet")
         self.params = params
+        self.val_samples = val_samples
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         return build_hypermodel(hp, self.params)
 
-    def fit(self, hp, model, dataset: CropDataset, *args, initial_epoch: int = 0, **kwargs):
+    def fit(self, hp, model, dataset: CropDataset, *args, initial_epoch: int = 0, **kwargs) -> dict[str, float]:
         dataset.set_epoch(initial_epoch)
-        return model.fit(dataset, *args, initial_epoch=initial_epoch, **kwargs)
+        history = model.fit(dataset, *args, initial_epoch=initial_epoch, **kwargs)
+        return trial_result(model, history.history, self.val_samples, Recipe.from_params(self.params))
+
+
+def trial_result(model: keras.Model, history: dict[str, list[float]], val_samples: list[dict[str, Any]],
+                 recipe: Recipe) -> dict[str, float]:
+    """The objective, `val_dsb` of the trained model, with the last epoch's crop metrics."""
+    per_image, _ = evaluate_model(model, val_samples, recipe, desc="tune: trial on val")
+    return {"val_dsb": float(per_image["dsb"].mean()), **{name: float(history[name][-1]) for name in VAL_METRICS[1:]}}
 
 
 # ---- tuners: MLflow per trial, time budget ----
@@ -178,17 +197,17 @@ class MlflowTrialMixin:
                 {"stage": "tune", "trial_id": trial.trial_id, "tuner_id": self.tuner_id}), mlflow.log_params(values)))
         status = "FAILED"
         try:
-            histories = super().run_trial(trial, *args, **kwargs)
-            best = best_epoch_metrics(histories)
+            results = super().run_trial(trial, *args, **kwargs)
+            best = mean_result(results)
             status = "FINISHED"
         finally:
             if run:
                 if status == "FINISHED":
                     _tracked("log the trial's result", lambda: mlflow.log_metrics(
-                        {f"best_{name}": value for name, value in best.items()}))
+                        {"val_dsb": best["val_dsb"], **{f"final_{name}": best[name] for name in VAL_METRICS[1:]}}))
                 _tracked("close the trial's run", lambda: mlflow.end_run(status))
         log.info("tune: trial %s finished: %s", trial.trial_id, best)
-        return histories
+        return results
 
     def on_trial_end(self, trial) -> None:
         # keras-tuner swallows a trial's exception into `trial.message`; say it out loud.
@@ -230,9 +249,10 @@ class MlflowBayesianOptimization(MlflowTrialMixin, kt.BayesianOptimization):
         kt.Tuner.__init__(self, oracle=oracle, **kwargs)
 
 
-def make_tuner(params: dict[str, Any], directory: Path, overwrite: bool, deadline: float) -> MlflowTrialMixin:
+def make_tuner(params: dict[str, Any], directory: Path, overwrite: bool, deadline: float,
+               val_samples: list[dict[str, Any]]) -> MlflowTrialMixin:
     cfg = params["tune"]
-    common = {"hypermodel": UNetHyperModel(params), "objective": kt.Objective(*OBJECTIVE),
+    common = {"hypermodel": UNetHyperModel(params, val_samples), "objective": kt.Objective(*OBJECTIVE),
               "seed": int(params["train"]["seed"]), "directory": str(directory), "project_name": "search",
               "overwrite": overwrite, "deadline": deadline}
     if cfg["algorithm"] == "hyperband":
@@ -244,12 +264,9 @@ def make_tuner(params: dict[str, Any], directory: Path, overwrite: bool, deadlin
 
 # ---- trial results ----
 
-def best_epoch_metrics(histories: list[keras.callbacks.History]) -> dict[str, float]:
-    """Validation metrics of the epoch best by the objective, over all executions of a trial."""
-    epochs = [{name: h.history[name][i] for name in VAL_METRICS} for h in histories for i in range(len(h.epoch))]
-    metric, direction = OBJECTIVE
-    pick = max if direction == "max" else min
-    return {name: float(value) for name, value in pick(epochs, key=lambda m: m[metric]).items()}
+def mean_result(results: list[dict[str, float]]) -> dict[str, float]:
+    """A trial's metrics, averaged over its executions as keras-tuner averages its objective."""
+    return {name: float(sum(r[name] for r in results) / len(results)) for name in VAL_METRICS}
 
 
 def completed_trials(tuner_or_oracle) -> list:
@@ -258,7 +275,7 @@ def completed_trials(tuner_or_oracle) -> list:
 
 
 def trial_metrics(trial) -> dict[str, float]:
-    """The val metrics keras-tuner recorded for a trial (those of its best epoch); NaN if none."""
+    """The val metrics keras-tuner recorded for a trial (`trial_result`'s); NaN if none."""
     return {name: float(trial.metrics.get_last_value(name)) if trial.metrics.exists(name) else math.nan
             for name in VAL_METRICS}
 
@@ -266,7 +283,8 @@ def trial_metrics(trial) -> dict[str, float]:
 def best_trial(tuner: kt.Tuner):
     metric, direction = OBJECTIVE
     pick = max if direction == "max" else min
-    best = pick(completed_trials(tuner), key=lambda t: t.score, default=None)
+    # in trial order, so a tie (tiny searches score alike) goes to the same trial after a reload
+    best = pick(sorted(completed_trials(tuner), key=lambda t: t.trial_id), key=lambda t: t.score, default=None)
     if best is None:
         raise RuntimeError(f"no tuning trial completed; see {tuner.project_dir}/trial_*/trial.json")
     return best
@@ -355,7 +373,7 @@ def run_search(tuner: kt.Tuner, params: dict[str, Any], train_samples: list[dict
     dataset = CropDataset(train_samples, batch_size=int(cfg["batch_size"]), crop_size=int(cfg["crop_size"]),
                           steps_per_epoch=int(params["tune"]["steps_per_epoch"]),
                           augment=AugmentConfig.from_params(params["augment"]), seed=int(cfg["seed"]),
-                          workers=int(cfg["workers"]))
+                          modality_balance=float(cfg.get("modality_balance", 0.0)), workers=int(cfg["workers"]))
     validation = validation_crops(val_samples, n=int(cfg["val_crops"]), crop_size=int(cfg["crop_size"]),
                                   seed=int(cfg["seed"]))
     tuner.search(dataset, validation_data=validation, epochs=int(params["tune"]["max_epochs"]), verbose=2)
@@ -375,17 +393,14 @@ def log_search_results(best, values: dict[str, Any], n_trials: int, trials_path:
 
 def retrain(tuned: dict[str, Any], samples: tuple[list, list], model_dir: Path, run_id: str) -> keras.Model:
     """The best configuration from scratch with the training stage's callbacks (checkpoint, early
-    stopping, LR schedule), for tune.final_epochs epochs or tune.final_max_minutes."""
+    stopping, LR schedule) and budget (train.epochs, train.max_minutes)."""
     import mlflow
 
-    tuned = copy.deepcopy(tuned)
-    tuned["train"]["max_minutes"] = float(tuned["tune"]["final_max_minutes"])
     keras.utils.set_random_seed(int(tuned["train"]["seed"]))
     model = training.build_model(tuned["model"], tuned["train"])
     work_dir = model_dir / ".training"
     live = MlflowLive()
-    history = training.fit(model, *samples, tuned, work_dir, run_id, epochs=int(tuned["tune"]["final_epochs"]),
-                           extra_callbacks=[live])
+    history = training.fit(model, *samples, tuned, work_dir, run_id, extra_callbacks=[live])
     live.backfill(run_id, history)
     io.write_csv(model_dir / "history.csv", history)
     figure = model_dir / "training_curves.png"
@@ -407,8 +422,10 @@ def load_trial_model(tuner: kt.Tuner, trial) -> keras.Model:
 
 
 def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tuple[list, list],
-                    model_dir: Path, parent_run_id: str, split_path: str | Path) -> None:
-    """The "tuned" run: retrained if tune.final_epochs > 0, else the best trial's own weights."""
+                    model_dir: Path, parent_run_id: str, split_path: str | Path,
+                    samples_dir: str | Path) -> dict[str, float]:
+    """The "tuned" run: retrained if tune.retrain, else the best trial's own weights; with its
+    thresholds chosen on val (returned: val DSB with the params' and the chosen thresholds)."""
     import mlflow
 
     values = space_values(best, params["tune"]["space"])
@@ -421,18 +438,20 @@ def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tupl
         mlflow.log_params(tracking.flatten({k: tuned[k] for k in ("model", "train", "augment", "tune")}))
         datasets.log_split_inputs(split_path, ("train", "val"), params)
         mlflow.log_metrics({f"best_trial_{k}": v for k, v in metrics.items()})
-        if int(params["tune"]["final_epochs"]) > 0:
-            log.info("tune: retraining trial %s's configuration for %s epochs", best.trial_id,
-                     params["tune"]["final_epochs"])
+        if params["tune"]["retrain"]:
+            log.info("tune: retraining trial %s's configuration with the untuned model's budget (%s epochs, "
+                     "%s minutes)", best.trial_id, params["train"]["epochs"], params["train"]["max_minutes"])
             model = retrain(tuned, samples, model_dir, active.info.run_id)
         else:
             log.info("tune: keeping trial %s's model", best.trial_id)
             model = load_trial_model(tuner, best)
-            mlflow.log_metrics(metrics)
+            mlflow.log_metrics({name: metrics[name] for name in VAL_METRICS[1:]})  # as a trained run has them
         model.save(model_dir / "model.keras")
+        chosen = training.choose_recipe(model, tuned, split_path, samples_dir, model_dir)
         model_uri = log_keras_model(model)
         io.write_json(model_dir / "run.json",
                       {"run_id": active.info.run_id, "model_uri": model_uri, "hyperparameters": values})
+    return chosen
 
 
 ROLES = ("chief", "worker")
@@ -493,13 +512,15 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
     tuner_dir, model_dir = Path(tuner_dir), Path(model_dir)
     tracking.setup()
     samples = training.split_samples(split_path, samples_dir)
+    val_images = load_split_samples(split_path, samples_dir, "val")
     settings = search_settings(params, split_path)
     tuner_id = join_search(role, oracle) if role else None
     if role == "worker":
-        return run_worker(params, tuner_dir, samples, find_parent_run(oracle, settings_digest(settings)), tuner_id)
+        return run_worker(params, tuner_dir, samples, val_images, find_parent_run(oracle, settings_digest(settings)),
+                          tuner_id)
     resume, parent_id = saved_search(tuner_dir, settings)
     tuner = make_tuner(params, tuner_dir, overwrite=not resume,
-                       deadline=started + 60 * float(params["tune"]["max_minutes"]))
+                       deadline=started + 60 * float(params["tune"]["max_minutes"]), val_samples=val_images)
     if resume:
         log.info("tune: resuming the saved search in %s (%d trials so far)", tuner_dir, len(tuner.oracle.trials))
     with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else "tune") as parent:
@@ -520,9 +541,10 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
         values = space_values(best, params["tune"]["space"])
         io.write_csv(trials_path, trials_table(tuner, params))
         log_search_results(best, values, len(tuner.oracle.trials), Path(trials_path))
-    log_tuned_model(tuner, best, params, samples, model_dir, parent.info.run_id, split_path)
+    chosen = log_tuned_model(tuner, best, params, samples, model_dir, parent.info.run_id, split_path, samples_dir)
     metrics = {"best_hyperparameters": values, "best_trial_id": best.trial_id,
-               **{k: round(v, 5) for k, v in trial_metrics(best).items()},
+               **{f"best_trial_{k}": round(v, 5) for k, v in trial_metrics(best).items()},
+               **{f"tuned_{k}": round(v, 4) for k, v in chosen.items()},
                "trials": len(tuner.oracle.trials), "trials_this_session": tuner.trials_run,
                "minutes": minutes}
     io.write_json(metrics_path, metrics)
@@ -530,11 +552,12 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
     return metrics
 
 
-def run_worker(params: dict[str, Any], tuner_dir: Path, samples: tuple[list, list], parent_run_id: str,
-               tuner_id: str) -> dict[str, Any]:
+def run_worker(params: dict[str, Any], tuner_dir: Path, samples: tuple[list, list], val_images: list[dict[str, Any]],
+               parent_run_id: str, tuner_id: str) -> dict[str, Any]:
     """Run trials for the chief until it says the search is over; every trial a nested run
     under the chief's parent run. The chief writes the results."""
-    tuner = make_tuner(params, tuner_dir, overwrite=False, deadline=math.inf)  # the chief's oracle keeps time
+    tuner = make_tuner(params, tuner_dir, overwrite=False, deadline=math.inf,  # the chief's oracle keeps time
+                       val_samples=val_images)
     tuner.parent_run_id = parent_run_id
     log.info("tune: %s joined the search of parent run %s", tuner_id, parent_run_id)
     run_search(tuner, params, *samples)

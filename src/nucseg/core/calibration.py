@@ -1,0 +1,86 @@
+"""Post-processing chosen by data: the mask, seed and size thresholds that give a trained model
+its best DSB on `val`.
+
+The network runs once per image; each candidate only re-runs the watershed and the metric
+(seconds), so every trained model gets its own thresholds, stored in its recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from nucseg.core import metrics
+from nucseg.core.postprocess import labels_from_maps
+from nucseg.core.preprocess import resize_labels
+from nucseg.core.segment import Recipe, probability_maps
+
+SEARCHABLE = ("fg_threshold", "marker_threshold", "border_threshold", "min_marker_area", "min_object_area")
+
+
+def coordinate_search(score: Callable[[dict[str, Any]], float], grid: Mapping[str, Sequence[Any]],
+                      start: Mapping[str, Any], max_rounds: int = 3) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The grid point `score` rates best, found one setting at a time (each setting set to its
+    best value with the others held, round after round until no setting moves), and every point
+    scored, best first (`candidate` numbers them in the order tried; 0 is `start`). Far fewer evaluations than the full grid; on a tie the current value
+    stays, so a flat score never moves a setting."""
+    scored: dict[tuple, float] = {}
+
+    def rate(values: dict[str, Any]) -> float:
+        key = tuple(sorted(values.items()))
+        if key not in scored:
+            scored[key] = float(score(values))
+        return scored[key]
+
+    best = dict(start)
+    for _ in range(max_rounds):
+        moved = False
+        for name, options in grid.items():
+            current = rate(best)
+            for option in options:
+                candidate = {**best, name: option}
+                if rate(candidate) > current:
+                    best, current, moved = candidate, rate(candidate), True
+        if not moved:
+            break
+    table = pd.DataFrame([{"candidate": order, **dict(key), "dsb": value}
+                          for order, (key, value) in enumerate(scored.items())])
+    return best, table.sort_values("dsb", ascending=False, kind="stable", ignore_index=True)
+
+
+def recipe_dsb(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], recipe: Recipe) -> float:
+    """Mean DSB over images of the labels `recipe`'s post-processing makes of precomputed maps."""
+    scores = []
+    for image_maps, truth in zip(maps, truths):
+        labels = labels_from_maps(image_maps[..., 0], image_maps[..., 1], fg_threshold=recipe.fg_threshold,
+                                  marker_threshold=recipe.marker_threshold, border_threshold=recipe.border_threshold,
+                                  min_marker_area=recipe.min_marker_area, min_object_area=recipe.min_object_area,
+                                  fill_holes=recipe.fill_holes)
+        scores.append(metrics.dsb_score(truth, resize_labels(labels, *truth.shape)))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def search_recipe(model, samples: Sequence[dict[str, Any]], recipe: Recipe, grid: Mapping[str, Sequence[Any]],
+                  desc: str = "thresholds") -> tuple[Recipe, pd.DataFrame]:
+    """`recipe` with the post-processing settings of `grid` that score best on `samples`
+    (prepared images with their true `labels`), and the table of every candidate scored."""
+    unknown = sorted(set(grid) - set(SEARCHABLE))
+    if unknown:
+        raise ValueError(f"postprocess.search: cannot search {unknown}; searchable: {list(SEARCHABLE)}")
+    maps = [probability_maps(model, sample["image"], recipe)
+            for sample in tqdm(samples, desc=f"{desc}: probability maps", unit="image")]
+    truths = [sample["labels"] for sample in samples]
+    progress = tqdm(desc=f"{desc}: candidates", unit="candidate")
+
+    def score(values: dict[str, Any]) -> float:
+        progress.update()
+        return recipe_dsb(maps, truths, dataclasses.replace(recipe, **values))
+
+    start = {name: getattr(recipe, name) for name in grid}
+    best, table = coordinate_search(score, {name: list(options) for name, options in grid.items()}, start)
+    progress.close()
+    return dataclasses.replace(recipe, **best), table
