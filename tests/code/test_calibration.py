@@ -46,9 +46,11 @@ def test_coordinate_search_finds_the_best_grid_point_and_scores_each_once():
     assert table.loc[table["candidate"] == 0, ["a", "b"]].values.tolist() == [[0, 0.5]]  # the start
 
 
-def test_a_flat_score_keeps_the_start():
+def test_a_flat_score_keeps_the_start_and_an_empty_grid_scores_only_the_start():
     best, _ = coordinate_search(lambda values: 0.5, {"a": [1, 2, 3]}, {"a": 2})
     assert best == {"a": 2}
+    best, table = coordinate_search(lambda values: 0.25, {}, {})
+    assert best == {} and table[["candidate", "dsb"]].values.tolist() == [[0, 0.25]]
 
 
 def test_threshold_search_recovers_the_known_best_foreground_threshold():

@@ -37,6 +37,7 @@ def coordinate_search(score: Callable[[dict[str, Any]], float], grid: Mapping[st
         return scored[key]
 
     best = dict(start)
+    rate(best)  # the start is candidate 0, also when there is nothing to search
     for _ in range(max_rounds):
         moved = False
         for name, options in grid.items():
