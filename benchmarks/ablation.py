@@ -1,11 +1,13 @@
 """What each step of the accuracy recipe buys: one MLflow run per step (tag `ablation=<step>`),
 each scored on `test` per modality and on shifted copies of `test` (darker, paler, re-stained).
 
-Steps are cumulative, from the seeds'-notebook baseline to the pipeline's defaults:
+Steps are cumulative, from the seeds'-notebook baseline to the pipeline's defaults, except
+`gap_target`, a variant of the baseline that the later steps keep only if params.yaml chose it:
 
   baseline     inner-border separator, RGB input, geometric augmentation, params' thresholds
-  gap_target   + touching-gap separator, weighted up in the loss
-  inputs       + grey input (luminance, inverted on bright backgrounds, CLAHE), rare modalities oversampled
+  gap_target   the baseline with the touching-gap separator instead, weighted up in the loss
+  inputs       + params' separator, grey input (luminance, inverted on bright backgrounds, CLAHE),
+               rare modalities oversampled
   augment      + gamma, dimming, blur and noise augmentation
   thresholds   + thresholds searched on `val` (same network as `augment`)
   tta          + test-time flips (same network and thresholds)
@@ -47,9 +49,12 @@ def step_params(params: dict, step: str) -> dict:
     """The pipeline's params switched back to the state before every step after `step`."""
     p = copy.deepcopy(params)
     upto = STEPS.index(step)
-    if upto < STEPS.index("gap_target"):
+    if step == "baseline":
         p["prepare"]["separator"] = "border"
         p["train"]["border_loss_weight"] = 1.0
+    if step == "gap_target":
+        p["prepare"]["separator"] = "gap"
+        p["train"]["border_loss_weight"] = 2.0
     if upto < STEPS.index("inputs"):
         p["prepare"].update(input_form="rgb", clahe_clip=0.0)
         p["train"]["modality_balance"] = 0.0

@@ -331,7 +331,7 @@ def test_run_on_real_slice(params, real_slice, tmp_path):
     ids = list(manifest["id"])
     samples_dir = tmp_path / "prepared"
     summary_path = tmp_path / "reports" / "prepare_summary.json"
-    params["prepare"].update(resize=0, border_width=2)
+    params["prepare"].update(resize=0, border_width=2, separator="gap")
     summary = prepare.run(params, manifest_path=manifest_path, samples_dir=samples_dir, summary_path=summary_path)
 
     n_masks = {sid: len(list((real_slice / sid / "masks").glob("*.png"))) for sid in ids}
