@@ -28,7 +28,6 @@ import json
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
@@ -179,6 +178,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15, help="epochs of 50 steps for every trained step")
     parser.add_argument("--steps", default=",".join(STEPS))
     args = parser.parse_args()
+    import keras
+    import mlflow
+
+    from nucseg.core.training import choose_recipe
+
     tracking.setup()
     params = load_params()
     raw = raw_test_images("artifacts/split.csv", "artifacts/manifest.csv")
@@ -190,11 +194,6 @@ def main() -> None:
             model_dir = WORK / step / "model"
             model_dir.mkdir(parents=True, exist_ok=True)
             if step == "thresholds":
-                import keras
-                import mlflow
-
-                from nucseg.core.training import choose_recipe
-
                 model = keras.saving.load_model(base_dir / "model.keras", compile=False)
                 with mlflow.start_run(run_name="ablation-thresholds") as run:
                     choose_recipe(model, p, "artifacts/split.csv", prepared_dir(p), model_dir)
@@ -205,8 +204,6 @@ def main() -> None:
             continue
         run_id, model_dir = train_step(p, step, args.epochs)
         networks[step] = (run_id, model_dir)
-        import mlflow
-
         mlflow.MlflowClient().set_tag(run_id, "mlflow.runName", f"ablation-{step}")
         rows.append(score_step(step, p, model_dir, raw, run_id, None))
         print(pd.DataFrame(rows).to_string(index=False), flush=True)
