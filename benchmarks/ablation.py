@@ -196,7 +196,7 @@ def main() -> None:
             if step == "thresholds":
                 model = keras.saving.load_model(base_dir / "model.keras", compile=False)
                 with mlflow.start_run(run_name="ablation-thresholds") as run:
-                    choose_recipe(model, p, "artifacts/split.csv", prepared_dir(p), model_dir)
+                    choose_recipe(model, p, load_split_samples("artifacts/split.csv", prepared_dir(p), "val"), model_dir)
                 model.save(model_dir / "model.keras")
                 rows.append(score_step(step, p, model_dir, raw, run.info.run_id, base_run))
             else:

@@ -7,7 +7,7 @@ import pytest
 from skimage.draw import disk
 
 from nucseg import io
-from nucseg.core.segment import Recipe, probability_maps, segment, segment_prepared
+from nucseg.core.segment import Recipe, prepared_image, probability_maps, segment, segment_prepared
 from nucseg.stages.prepare import prepare_sample
 
 
@@ -64,8 +64,9 @@ def test_tta_averages_the_flips_of_an_asymmetric_model():
     np.testing.assert_allclose(probability_maps(model, image, Recipe(tta=True)), np.mean(views, axis=0), atol=1e-5)
 
 
+@pytest.mark.parametrize("input_form", ["rgb", "grey"])
 @pytest.mark.parametrize("resize", [0, 48])
-def test_evaluation_and_scoring_give_identical_labels(tmp_path, params, resize):
+def test_evaluation_and_scoring_give_identical_labels(tmp_path, params, resize, input_form):
     """`evaluate` segments the prepared npz image, `score` the file as read: same labels."""
     shape = (60, 90)
     labels = np.zeros(shape, np.uint8)
@@ -77,11 +78,13 @@ def test_evaluation_and_scoring_give_identical_labels(tmp_path, params, resize):
         io.write_png(tmp_path / "s" / "masks" / f"m{k}.png", np.where(labels == 255, 255, 0).astype(np.uint8))
         labels[:] = 0
     io.write_png(tmp_path / "s" / "images" / "s.png", image)
-    cfg = {**params["prepare"], "resize": resize}
-    recipe = Recipe(resize=resize, min_object_area=0, fg_threshold=0.45)
+    cfg = {**params["prepare"], "resize": resize, "input_form": input_form, "clahe_clip": 2.0}
+    recipe = Recipe(resize=resize, input_form=input_form, clahe_clip=2.0, min_object_area=0, fg_threshold=0.45)
     model = random_unet()
 
     sample = prepare_sample(tmp_path / "s" / "images" / "s.png", tmp_path / "s" / "masks", cfg)
+    np.testing.assert_array_equal(sample["image"], prepared_image(io.read_image(tmp_path / "s" / "images" / "s.png"),
+                                                                 recipe))
     evaluated = segment_prepared(model, sample["image"], recipe, *sample["labels"].shape)
     scored = segment(model, io.read_image(tmp_path / "s" / "images" / "s.png"), recipe)
     assert scored.shape == shape and scored.dtype == np.uint16

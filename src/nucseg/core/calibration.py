@@ -15,9 +15,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from nucseg.core import metrics
-from nucseg.core.postprocess import labels_from_maps
-from nucseg.core.preprocess import resize_labels
-from nucseg.core.segment import Recipe, probability_maps
+from nucseg.core.segment import Recipe, labels_of_maps, probability_maps
 
 SEARCHABLE = ("fg_threshold", "marker_threshold", "border_threshold", "min_marker_area", "min_object_area")
 
@@ -55,13 +53,8 @@ def coordinate_search(score: Callable[[dict[str, Any]], float], grid: Mapping[st
 
 def recipe_dsb(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], recipe: Recipe) -> float:
     """Mean DSB over images of the labels `recipe`'s post-processing makes of precomputed maps."""
-    scores = []
-    for image_maps, truth in zip(maps, truths):
-        labels = labels_from_maps(image_maps[..., 0], image_maps[..., 1], fg_threshold=recipe.fg_threshold,
-                                  marker_threshold=recipe.marker_threshold, border_threshold=recipe.border_threshold,
-                                  min_marker_area=recipe.min_marker_area, min_object_area=recipe.min_object_area,
-                                  fill_holes=recipe.fill_holes)
-        scores.append(metrics.dsb_score(truth, resize_labels(labels, *truth.shape)))
+    scores = [metrics.dsb_score(truth, labels_of_maps(image_maps, recipe, *truth.shape))
+              for image_maps, truth in zip(maps, truths)]
     return float(np.mean(scores)) if scores else float("nan")
 
 

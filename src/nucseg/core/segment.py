@@ -107,14 +107,19 @@ def probability_maps(model, image: np.ndarray, recipe: Recipe) -> np.ndarray:
     return total / len(flips)
 
 
-def segment_prepared(model, image: np.ndarray, recipe: Recipe, height: int, width: int) -> np.ndarray:
-    """uint16 instance labels at (height, width) of an image already through `preprocess`."""
-    maps = probability_maps(model, image, recipe)
+def labels_of_maps(maps: np.ndarray, recipe: Recipe, height: int, width: int) -> np.ndarray:
+    """uint16 instance labels at (height, width) from HxWx2 probability maps, by the recipe's
+    post-processing."""
     labels = labels_from_maps(maps[..., 0], maps[..., 1], fg_threshold=recipe.fg_threshold,
                               marker_threshold=recipe.marker_threshold, border_threshold=recipe.border_threshold,
                               min_marker_area=recipe.min_marker_area, min_object_area=recipe.min_object_area,
                               fill_holes=recipe.fill_holes)
     return resize_labels(labels.astype(np.uint16), height, width)
+
+
+def segment_prepared(model, image: np.ndarray, recipe: Recipe, height: int, width: int) -> np.ndarray:
+    """uint16 instance labels at (height, width) of an image already through `preprocess`."""
+    return labels_of_maps(probability_maps(model, image, recipe), recipe, height, width)
 
 
 def prepared_image(image: np.ndarray, recipe: Recipe) -> np.ndarray:

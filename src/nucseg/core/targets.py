@@ -1,9 +1,9 @@
 """Instance labels and training targets from per-nucleus masks.
 
 Touching nuclei merge in a plain foreground mask, so next to the foreground the model learns a
-*separator* channel: by default the touching gap — pixels near two or more different nuclei,
-as in the DSB2018 winners' targets — or, for comparison, a thin inner border ring of every
-nucleus. Seeds taken away from the separator are then grown back by watershed (see
+*separator* channel: either the touching gap — pixels near two or more different nuclei, as
+in the DSB2018 winners' targets — or a thin inner border ring of every nucleus
+(`prepare.separator`). Seeds taken away from the separator are then grown back by watershed (see
 `postprocess`).
 """
 

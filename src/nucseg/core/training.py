@@ -27,23 +27,21 @@ import keras  # noqa: E402 - after config has set the backend
 from nucseg.core.augment import AugmentConfig  # noqa: E402
 from nucseg.core.calibration import search_recipe  # noqa: E402
 from nucseg.core.data import CropDataset, load_samples, validation_crops  # noqa: E402
-from nucseg.core.evaluation import load_split_samples  # noqa: E402
 from nucseg.core.losses import PixelDice, PixelIoU, bce_dice_loss  # noqa: E402
 from nucseg.core.segment import Recipe  # noqa: E402
 from nucseg.core.unet import build_unet  # noqa: E402
 
 
-def choose_recipe(model: keras.Model, params: dict[str, Any], split_path: str | Path, samples_dir: str | Path,
+def choose_recipe(model: keras.Model, params: dict[str, Any], val: list[dict[str, Any]],
                   model_dir: Path) -> dict[str, float]:
-    """Search the post-processing thresholds on `val` (`postprocess.search`), store the recipe
-    beside the model (`recipe.json`, every candidate in `thresholds.csv`) and in the active
-    MLflow run; returns val DSB with the params' thresholds and with the chosen ones."""
+    """Search the post-processing thresholds on the `val` images (with their labels;
+    `postprocess.search`), store the recipe beside the model (`recipe.json`, every candidate in
+    `thresholds.csv`) and in the active MLflow run; returns val DSB with the params' thresholds
+    and with the chosen ones."""
     import mlflow
 
-    base = Recipe.from_params(params)
-    val = load_split_samples(split_path, samples_dir, "val")
-    recipe, table = search_recipe(model, val, base, params["postprocess"].get("search") or {},
-                                  desc=f"{model_dir}: thresholds on val")
+    grid = params["postprocess"].get("search") or {}
+    recipe, table = search_recipe(model, val, Recipe.from_params(params), grid, desc=f"{model_dir}: thresholds on val")
     io.atomic_write_text(model_dir / "recipe.json", recipe.to_json())
     io.write_csv(model_dir / "thresholds.csv", table.round(5))
     result = {"val_dsb_params_thresholds": float(table.loc[table["candidate"] == 0, "dsb"].iloc[0]),
@@ -53,7 +51,7 @@ def choose_recipe(model: keras.Model, params: dict[str, Any], split_path: str | 
     mlflow.log_artifact(str(model_dir / "recipe.json"))
     mlflow.log_artifact(str(model_dir / "thresholds.csv"), "evaluation")
     log.info("%s: thresholds chosen on val: %s (val DSB %.4f, %.4f with the params' thresholds, %d candidates)",
-             model_dir, {k: getattr(recipe, k) for k in (params["postprocess"].get("search") or {})},
+             model_dir, {k: getattr(recipe, k) for k in grid},
              result["val_dsb"], result["val_dsb_params_thresholds"], len(table))
     return result
 

@@ -24,11 +24,11 @@ log = get_logger("nucseg.prepare")
 
 def prepare_sample(image_path: Path, masks_dir: Path, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
     image = preprocess(io.read_image(image_path), float(cfg["normalize_low"]), float(cfg["normalize_high"]),
-                       int(cfg.get("resize") or 0), cfg.get("input_form", "rgb"), float(cfg.get("clahe_clip", 0.0)))
+                       int(cfg.get("resize") or 0), cfg["input_form"], float(cfg["clahe_clip"]))
     labels = labels_from_masks([io.read_mask(p) for p in sorted(masks_dir.glob("*.png"))])
     working = resize_labels(labels, *image.shape[:2])
-    return {"image": image, "labels": labels, "target": targets_from_labels(working, cfg.get("separator", "gap"), int(cfg["border_width"]),
-                                                                     float(cfg.get("gap_radius_fraction", 0.3)))}
+    target = targets_from_labels(working, cfg["separator"], int(cfg["border_width"]), float(cfg["gap_radius_fraction"]))
+    return {"image": image, "labels": labels, "target": target}
 
 
 def run(params: dict[str, Any], manifest_path: str | Path = "artifacts/manifest.csv",

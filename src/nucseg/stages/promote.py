@@ -23,8 +23,8 @@ from nucseg.core.evaluation import load_split_samples
 from nucseg.core.segment import Recipe
 from nucseg.mlops import datasets, tracking
 from nucseg.mlops.registry import (CHALLENGER, CHAMPION, Candidate, Decision, Incumbent, best_val_loss,
-                                   current_champion, decide, move_aliases, package, promotion_lock, read_recipe, read_run_info,
-                                   register, score_model, source_lineage)
+                                   current_champion, decide, move_aliases, package, promotion_lock, read_recipe,
+                                   read_run_info, register, score_model, source_lineage)
 
 log = get_logger("nucseg.promote")
 

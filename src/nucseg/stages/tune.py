@@ -131,6 +131,7 @@ class UNetHyperModel(kt.HyperModel):
         super().__init__(name="unet")
         self.params = params
         self.val_samples = val_samples
+        self.recipe = Recipe.from_params(params)
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         return build_hypermodel(hp, self.params)
@@ -138,7 +139,7 @@ class UNetHyperModel(kt.HyperModel):
     def fit(self, hp, model, dataset: CropDataset, *args, initial_epoch: int = 0, **kwargs) -> dict[str, float]:
         dataset.set_epoch(initial_epoch)
         history = model.fit(dataset, *args, initial_epoch=initial_epoch, **kwargs)
-        return trial_result(model, history.history, self.val_samples, Recipe.from_params(self.params))
+        return trial_result(model, history.history, self.val_samples, self.recipe)
 
 
 def trial_result(model: keras.Model, history: dict[str, list[float]], val_samples: list[dict[str, Any]],
@@ -423,7 +424,7 @@ def load_trial_model(tuner: kt.Tuner, trial) -> keras.Model:
 
 def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tuple[list, list],
                     model_dir: Path, parent_run_id: str, split_path: str | Path,
-                    samples_dir: str | Path) -> dict[str, float]:
+                    val_images: list[dict[str, Any]]) -> dict[str, float]:
     """The "tuned" run: retrained if tune.retrain, else the best trial's own weights; with its
     thresholds chosen on val (returned: val DSB with the params' and the chosen thresholds)."""
     import mlflow
@@ -447,7 +448,7 @@ def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tupl
             model = load_trial_model(tuner, best)
             mlflow.log_metrics({name: metrics[name] for name in VAL_METRICS[1:]})  # as a trained run has them
         model.save(model_dir / "model.keras")
-        chosen = training.choose_recipe(model, tuned, split_path, samples_dir, model_dir)
+        chosen = training.choose_recipe(model, tuned, val_images, model_dir)
         model_uri = log_keras_model(model)
         io.write_json(model_dir / "run.json",
                       {"run_id": active.info.run_id, "model_uri": model_uri, "hyperparameters": values})
@@ -541,7 +542,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
         values = space_values(best, params["tune"]["space"])
         io.write_csv(trials_path, trials_table(tuner, params))
         log_search_results(best, values, len(tuner.oracle.trials), Path(trials_path))
-    chosen = log_tuned_model(tuner, best, params, samples, model_dir, parent.info.run_id, split_path, samples_dir)
+    chosen = log_tuned_model(tuner, best, params, samples, model_dir, parent.info.run_id, split_path, val_images)
     metrics = {"best_hyperparameters": values, "best_trial_id": best.trial_id,
                **{f"best_trial_{k}": round(v, 5) for k, v in trial_metrics(best).items()},
                **{f"tuned_{k}": round(v, 4) for k, v in chosen.items()},
