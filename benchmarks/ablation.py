@@ -10,7 +10,8 @@ Steps are cumulative, from the seeds'-notebook baseline to the pipeline's defaul
                rare modalities oversampled
   augment      + gamma, dimming, blur and noise augmentation
   thresholds   + thresholds searched on `val` (same network as `augment`)
-  tta          + test-time flips (same network and thresholds)
+  tta          + test-time augmentation: params' views, else all eight turns and mirrors (same
+               network and thresholds)
 
 The tuner's step is the pipeline's own `tune` run (reports/promotion.json). Every training gets
 the same fixed budget (`--epochs`, not minutes, so a busy machine changes the time, not the
@@ -62,8 +63,12 @@ def step_params(params: dict, step: str) -> dict:
         p["augment"].update({key: off[key] for key in ROBUSTNESS_AUGMENT})
     if upto < STEPS.index("thresholds"):
         p["postprocess"]["search"] = {}
-    p["inference"]["tta"] = upto >= STEPS.index("tta")
+    p["inference"]["tta"] = tta_views(params) if upto >= STEPS.index("tta") else "none"
     return p
+
+
+def tta_views(params: dict) -> str:
+    return params["inference"]["tta"] if params["inference"]["tta"] not in ("none", False) else "dihedral"
 
 
 # ---- shifted copies of test: what users bring that DSB does not hold ----
@@ -150,7 +155,7 @@ def score_step(step: str, params: dict, model_dir: Path, raw: list[dict], run_id
 
     recipe = Recipe.from_dict(json.loads((model_dir / "recipe.json").read_text()))
     if step == "tta":
-        recipe = dataclasses.replace(recipe, tta=True)
+        recipe = dataclasses.replace(recipe, tta=params["inference"]["tta"])
     model = keras.saving.load_model(model_dir / "model.keras", compile=False)
     samples = load_split_samples("artifacts/split.csv", prepared_dir(params), "test")
     started = time.perf_counter()

@@ -29,8 +29,12 @@ def random_unet():
 
 
 def test_recipe_round_trips_and_rejects_bad_values():
-    recipe = Recipe(fg_threshold=0.4, resize=256, tta=True)
+    recipe = Recipe(fg_threshold=0.4, resize=256, tta="dihedral")
     assert Recipe.from_dict(recipe.to_dict()) == recipe
+    assert Recipe.from_dict({"tta": True}).tta == "flips"  # as recipes stored it before the views had names
+    assert Recipe.from_dict({"tta": False}).tta == "none"
+    with pytest.raises(ValueError, match="tta must be one of"):
+        Recipe(tta="rotations")
     with pytest.raises(ValueError, match="fg_threshold is a probability"):
         Recipe(fg_threshold=1.5)
     with pytest.raises(ValueError, match="tile_overlap < tile_size"):
@@ -46,13 +50,14 @@ def test_recipe_from_params_takes_its_three_sections(default_params):
     assert recipe.min_object_area == default_params["postprocess"]["min_object_area"]
 
 
-def test_tta_of_a_symmetric_model_equals_no_tta():
+@pytest.mark.parametrize("tta", ["flips", "dihedral"])
+def test_tta_of_a_symmetric_model_equals_no_tta(tta):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
     model = pointwise_model()
     plain = probability_maps(model, image, Recipe())
-    flipped = probability_maps(model, image, Recipe(tta=True))
-    np.testing.assert_allclose(flipped, plain, atol=1e-6)
+    averaged = probability_maps(model, image, Recipe(tta=tta))
+    np.testing.assert_allclose(averaged, plain, atol=1e-6)
 
 
 def test_tta_averages_the_flips_of_an_asymmetric_model():
@@ -61,7 +66,23 @@ def test_tta_averages_the_flips_of_an_asymmetric_model():
     model = random_unet()
     views = [probability_maps(model, np.ascontiguousarray(image[::r, ::c]), Recipe())[::r, ::c]
              for r, c in ((1, 1), (-1, 1), (1, -1), (-1, -1))]
-    np.testing.assert_allclose(probability_maps(model, image, Recipe(tta=True)), np.mean(views, axis=0), atol=1e-5)
+    np.testing.assert_allclose(probability_maps(model, image, Recipe(tta="flips")), np.mean(views, axis=0), atol=1e-5)
+
+
+def test_dihedral_tta_averages_the_eight_turned_and_mirrored_views():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)  # not square: turned views change shape
+    model = random_unet()
+    views = []
+    for turns in range(4):
+        for mirror in (False, True):
+            view = np.rot90(image, turns)[:, ::-1] if mirror else np.rot90(image, turns)
+            maps = probability_maps(model, np.ascontiguousarray(view), Recipe())
+            views.append(np.rot90(maps[:, ::-1] if mirror else maps, -turns))
+    dihedral = probability_maps(model, image, Recipe(tta="dihedral"))
+    assert dihedral.shape == (32, 64, 2)
+    np.testing.assert_allclose(dihedral, np.mean(views, axis=0), atol=1e-5)
+    assert not np.allclose(dihedral, probability_maps(model, image, Recipe(tta="flips")), atol=1e-4)
 
 
 @pytest.mark.parametrize("input_form", ["rgb", "grey"])

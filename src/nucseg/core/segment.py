@@ -22,6 +22,14 @@ from nucseg.core.preprocess import INPUT_FORMS, preprocess, resize_labels
 # encoder, so a model loaded from the registry needs no knowledge of how it was built.
 INFERENCE_MULTIPLE = 32
 
+# Test-time augmentation: the views (quarter turns, mirrored) whose maps are averaged.
+# `flips` = identity, vertical, horizontal and both flips (= a half turn).
+TTA_VIEWS = {
+    "none": ((0, False),),
+    "flips": ((0, False), (2, True), (0, True), (2, False)),
+    "dihedral": tuple((turns, mirror) for turns in range(4) for mirror in (False, True)),
+}
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -35,7 +43,7 @@ class Recipe:
     tile_size: int = 512
     tile_overlap: int = 64
     max_untiled_pixels: int = 1_048_576
-    tta: bool = False
+    tta: str = "none"
     fg_threshold: float = 0.5
     marker_threshold: float = 0.7
     border_threshold: float = 0.3
@@ -48,6 +56,8 @@ class Recipe:
         if not 0.0 <= self.normalize_low < self.normalize_high <= 100.0:
             problems.append(f"need 0 <= normalize_low < normalize_high <= 100, got {self.normalize_low}, "
                             f"{self.normalize_high}")
+        if self.tta not in TTA_VIEWS:
+            problems.append(f"tta must be one of {tuple(TTA_VIEWS)}, got {self.tta!r}")
         if self.input_form not in INPUT_FORMS:
             problems.append(f"input_form must be one of {INPUT_FORMS}, got {self.input_form!r}")
         if self.clahe_clip < 0:
@@ -80,6 +90,9 @@ class Recipe:
             raise ValueError(f"invalid segmentation recipe: unknown setting(s) {sorted(unknown)}")
         types = {field.name: field.type for field in dataclasses.fields(cls)}
         cast = {"float": float, "int": int, "bool": bool, "str": str}
+        values = dict(values)
+        if isinstance(values.get("tta"), bool):  # recipes stored before `tta` named its views
+            values["tta"] = "flips" if values["tta"] else "none"
         return cls(**{key: cast[types[key]](value) for key, value in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,19 +105,27 @@ class Recipe:
 _FIELDS = {field.name for field in dataclasses.fields(Recipe)}
 
 
+def _view(x: np.ndarray, turns: int, mirror: bool) -> np.ndarray:
+    x = np.rot90(x, turns)
+    return x[:, ::-1] if mirror else x
+
+
+def _unview(x: np.ndarray, turns: int, mirror: bool) -> np.ndarray:
+    return np.rot90(x[:, ::-1] if mirror else x, -turns)
+
+
 def probability_maps(model, image: np.ndarray, recipe: Recipe) -> np.ndarray:
     """HxWx2 foreground/border probabilities of a uint8 preprocessed image; with `tta`, the mean
-    over the four flips (each map flipped back), which the model sees as four different views."""
+    over the recipe's views (each map turned back), which the model sees as different images."""
     x = image.astype(np.float32) / 255.0
-    flips = [(False, False), (True, False), (False, True), (True, True)] if recipe.tta else [(False, False)]
     total = None
-    for flip_rows, flip_cols in flips:
-        view = x[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
-        maps = predict_maps(model, np.ascontiguousarray(view), multiple=INFERENCE_MULTIPLE, tile_size=recipe.tile_size,
-                            overlap=recipe.tile_overlap, max_untiled_pixels=recipe.max_untiled_pixels)
-        maps = maps[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+    for turns, mirror in TTA_VIEWS[recipe.tta]:
+        maps = predict_maps(model, np.ascontiguousarray(_view(x, turns, mirror)), multiple=INFERENCE_MULTIPLE,
+                            tile_size=recipe.tile_size, overlap=recipe.tile_overlap,
+                            max_untiled_pixels=recipe.max_untiled_pixels)
+        maps = _unview(maps, turns, mirror)
         total = maps if total is None else total + maps
-    return total / len(flips)
+    return total / len(TTA_VIEWS[recipe.tta])
 
 
 def labels_of_maps(maps: np.ndarray, recipe: Recipe, height: int, width: int) -> np.ndarray:

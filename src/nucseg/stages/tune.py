@@ -40,6 +40,7 @@ shared filesystem; Bayesian optimisation does not.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -125,13 +126,15 @@ class UNetHyperModel(kt.HyperModel):
     """`build_hypermodel` bound to the params, and a `fit` that rewinds the crop stream to the
     first epoch trained (every trial, a hyperband continuation included, then sees the batches a
     from-scratch run would, so scores differ by hyperparameters rather than by data luck) and
-    scores the trained model on the whole `val` images (`val_samples`, with their labels)."""
+    scores the trained model on the whole `val` images (`val_samples`, with their labels) with the
+    params' post-processing. Trials are ranked without test-time augmentation: it multiplies the
+    network time of every trial's scoring and the kept model gets it back with its thresholds."""
 
     def __init__(self, params: dict[str, Any], val_samples: list[dict[str, Any]]):
         super().__init__(name="unet")
         self.params = params
         self.val_samples = val_samples
-        self.recipe = Recipe.from_params(params)
+        self.recipe = dataclasses.replace(Recipe.from_params(params), tta="none")
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         return build_hypermodel(hp, self.params)
