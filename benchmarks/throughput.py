@@ -7,6 +7,7 @@ Prints numbers; asserts nothing. Uses the default params (model, crops, batch si
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import keras  # noqa: E402  (after nucseg.config set the backend)
 
 from nucseg.core.augment import AugmentConfig  # noqa: E402
 from nucseg.core.data import CropDataset, load_samples  # noqa: E402
-from nucseg.core.segment import Recipe, probability_maps, segment_prepared  # noqa: E402
+from nucseg.core.segment import TTA_VIEWS, Recipe, probability_maps, segment_prepared  # noqa: E402
 from nucseg.core.training import build_model  # noqa: E402
 
 
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed training steps")
     parser.add_argument("--images", type=int, default=20, help="validation images for inference")
     parser.add_argument("--model", type=Path, default=Path("models/untuned/model.keras"))
+    parser.add_argument("--tta", default=",".join(TTA_VIEWS), help="test-time augmentations to time, comma-separated")
     args = parser.parse_args()
     params = load_params()
     split = pd.read_csv("artifacts/split.csv")
@@ -68,10 +70,12 @@ def main() -> None:
     val_ids = split.loc[split["split"] == "val", "id"].head(args.images)
     images = [s["image"] for s in
               load_samples([Path("artifacts/prepared") / f"{i}.npz" for i in val_ids], desc="benchmark: loading")]
-    recipe = Recipe.from_params(params)
-    network, total = inference_throughput(recipe, args.model if args.model.exists() else None, images, params)
-    print(f"inference (tta={recipe.tta}): {network:.2f} megapixels/s network only, {total:.2f} megapixels/s with watershed "
-          f"({len(images)} validation images, {sum(i.size // 3 for i in images) / 1e6:.2f} megapixels)")
+    for tta in args.tta.split(","):
+        recipe = dataclasses.replace(Recipe.from_params(params), tta=tta)
+        network, total = inference_throughput(recipe, args.model if args.model.exists() else None, images, params)
+        print(f"inference (tta={recipe.tta}): {network:.2f} megapixels/s network only, {total:.2f} megapixels/s with "
+              f"watershed, {1 / total:.2f} s per megapixel ({len(images)} validation images, "
+              f"{sum(i.size // 3 for i in images) / 1e6:.2f} megapixels)", flush=True)
 
 
 if __name__ == "__main__":
