@@ -68,7 +68,9 @@ def step_params(params: dict, step: str) -> dict:
 
 
 def tta_views(params: dict) -> str:
-    return params["inference"]["tta"] if params["inference"]["tta"] not in ("none", False) else "dihedral"
+    """The params' test-time views (read as a recipe reads them), or all eight if they have none."""
+    views = Recipe.from_params(params).tta
+    return views if views != "none" else "dihedral"
 
 
 # ---- shifted copies of test: what users bring that DSB does not hold ----
