@@ -12,10 +12,12 @@ Steps are cumulative, from the seeds'-notebook baseline to the pipeline's defaul
   thresholds   + thresholds searched on `val` (same network as `augment`)
   tta          + test-time augmentation: params' views, else all eight turns and mirrors (same
                network and thresholds)
+  pipeline     the pipeline's own untuned network (models/untuned, trained by `dvc repro`): the
+               params' full budget and early stopping instead of `--epochs`, its own thresholds
 
 The tuner's step is the pipeline's own `tune` run (reports/promotion.json). Every training gets
 the same fixed budget (`--epochs`, not minutes, so a busy machine changes the time, not the
-result). Needs the pipeline's artifacts (`dvc repro validate split`).
+result). Needs the pipeline's artifacts (`dvc repro validate split`; `pipeline`: `dvc repro train`).
 
 Run from the project root:  python benchmarks/ablation.py [--epochs 15] [--steps baseline,gap_target,...]
 """
@@ -40,7 +42,8 @@ from nucseg.core.metrics import dsb_score
 from nucseg.core.segment import Recipe, segment
 from nucseg.mlops import tracking
 
-STEPS = ("baseline", "gap_target", "inputs", "augment", "thresholds", "tta")
+STEPS = ("baseline", "gap_target", "inputs", "augment", "thresholds", "tta", "pipeline")
+PIPELINE_MODEL = Path("models/untuned")
 ROBUSTNESS_AUGMENT = ("gamma", "intensity_min", "hed_jitter", "hue", "saturation", "greyscale", "blur_sigma", "noise")
 WORK = Path("artifacts/ablation")
 
@@ -196,6 +199,10 @@ def main() -> None:
     rows, networks = [], {}
     for step in args.steps.split(","):
         p = step_params(params, step)
+        if step == "pipeline":
+            source_run = json.loads((PIPELINE_MODEL / "run.json").read_text())["run_id"]
+            rows.append(score_step(step, p, PIPELINE_MODEL, raw, None, source_run))
+            continue
         if step in ("thresholds", "tta"):
             base_run, base_dir = networks.get("augment") or (None, WORK / "augment" / "model")
             model_dir = WORK / step / "model"
