@@ -1,4 +1,4 @@
-"""Segment an image: the recipe, then normalise → network (tiled, test-time views averaged) → instances.
+"""Segment an image: the recipe, then normalise → network (tiled, optional flips) → instances.
 
 Every consumer — `evaluate`, `promote`, `score`, `predict`, the served model, the benchmarks —
 segments through `segment`, with the `Recipe` stored beside the network, so a model is always
@@ -103,7 +103,6 @@ class Recipe:
 
 
 _FIELDS = {field.name for field in dataclasses.fields(Recipe)}
-PREPROCESSING = ("normalize_low", "normalize_high", "resize", "input_form", "clahe_clip")
 
 
 def _view(x: np.ndarray, turns: int, mirror: bool) -> np.ndarray:
@@ -144,15 +143,10 @@ def segment_prepared(model, image: np.ndarray, recipe: Recipe, height: int, widt
     return labels_of_maps(probability_maps(model, image, recipe), recipe, height, width)
 
 
-def preprocessing(recipe: Recipe) -> dict[str, Any]:
-    """The recipe's settings of `preprocess`: models whose preprocessing differs see different
-    images, so they cannot be scored on the same prepared samples."""
-    return {name: getattr(recipe, name) for name in PREPROCESSING}
-
-
 def prepared_image(image: np.ndarray, recipe: Recipe) -> np.ndarray:
     """An image as read from disk, as the network sees it (the recipe's `preprocess`)."""
-    return preprocess(image, **preprocessing(recipe))
+    return preprocess(image, recipe.normalize_low, recipe.normalize_high, recipe.resize, recipe.input_form,
+                      recipe.clahe_clip)
 
 
 def segment(model, image: np.ndarray, recipe: Recipe) -> np.ndarray:

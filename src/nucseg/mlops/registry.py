@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping, NamedTuple
 from nucseg import config
 from nucseg.config import get_logger
 from nucseg.core.evaluation import evaluate_model, summarize
-from nucseg.core.segment import Recipe, preprocessing
+from nucseg.core.segment import Recipe
 from nucseg.mlops.segmenter_model import load_segmenter, log_segmenter, recipe_digest
 
 log = get_logger("nucseg.registry")
@@ -157,6 +157,11 @@ def score_model(model_uri: str, samples: list[dict[str, Any]], prepared_with: Re
     summary = summarize(per_image)
     log.info("%s (%s): test DSB %.4f", label, model_uri, summary["overall"]["dsb"])
     return summary
+
+
+def preprocessing(recipe: Recipe) -> dict[str, Any]:
+    return {key: getattr(recipe, key) for key in ("normalize_low", "normalize_high", "resize", "input_form",
+                                                  "clahe_clip")}
 
 
 def package(client, run_id: str, network_uri: str, recipe: Recipe) -> str:
