@@ -38,6 +38,21 @@ def test_load_samples_reads_npz(tmp_path):
     np.testing.assert_array_equal(sample["image"], image)
 
 
+def test_load_samples_with_labels_keeps_the_truth_for_whole_image_scoring(tmp_path):
+    labels = np.zeros((20, 30), np.uint16)
+    labels[2:6, 3:9] = 1
+    labels[10:15, 20:28] = 2
+    np.savez_compressed(tmp_path / "a.npz", image=np.zeros((20, 30, 3), np.uint8),
+                        target=np.zeros((20, 30, 2), np.uint8), labels=labels)
+    [sample] = load_samples([tmp_path / "a.npz"], with_labels=True)
+    assert sample["labels"].dtype == np.uint16
+    np.testing.assert_array_equal(sample["labels"], labels)
+    np.savez_compressed(tmp_path / "nolabels.npz", image=np.zeros((4, 4, 3), np.uint8),
+                        target=np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(ValueError, match="nolabels.npz"):
+        load_samples([tmp_path / "nolabels.npz"], with_labels=True)
+
+
 def test_load_samples_names_corrupt_and_missing_files(tmp_path):
     bad = tmp_path / "corrupt.npz"
     bad.write_bytes(b"definitely not a zip archive")

@@ -14,10 +14,11 @@ import keras
 from nucseg.core.augment import AugmentConfig, sample_crop
 
 
-def _load_sample(path: Path) -> dict[str, Any]:
+def _load_sample(path: Path, with_labels: bool) -> dict[str, Any]:
     try:
         with np.load(path) as npz:
             image, target = npz["image"], npz["target"]
+            truth = {"labels": npz["labels"]} if with_labels else {}
     except Exception as err:  # noqa: BLE001 - missing, truncated, not a zip, missing key: all "unusable"
         raise ValueError(f"{path}: cannot read training sample ({type(err).__name__}: {err})") from err
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -27,13 +28,14 @@ def _load_sample(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: expected a uint8 {expected} target, got {target.dtype} {target.shape}")
     if target.max(initial=0) > 1:
         raise ValueError(f"{path}: target must be 0/1, found value {target.max()}")
-    return {"id": path.stem, "image": image, "target": target}
+    return {"id": path.stem, "image": image, "target": target, **truth}
 
 
-def load_samples(paths: Sequence[str | Path], desc: str = "loading training samples") -> list[dict[str, Any]]:
+def load_samples(paths: Sequence[str | Path], desc: str = "loading training samples",
+                 with_labels: bool = False) -> list[dict[str, Any]]:
     """Images and targets of prepared npz files, kept as uint8 (a quarter of float32's RAM); the
-    instance labels are skipped because training only sees the foreground/border target."""
-    return [_load_sample(Path(path)) for path in tqdm(paths, desc=desc, unit="npz")]
+    instance labels only `with_labels` (whole-image scoring needs them, training crops do not)."""
+    return [_load_sample(Path(path), with_labels) for path in tqdm(paths, desc=desc, unit="npz")]
 
 
 class CropDataset(keras.utils.PyDataset):

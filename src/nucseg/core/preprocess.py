@@ -8,12 +8,16 @@ tissue and dim fluorescence reach the network as bright nuclei on a dark backgro
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import cv2
 import numpy as np
 
 from nucseg import io
 
 INPUT_FORMS = ("rgb", "grey")
+# The settings of `preprocess`, named as in params.yaml's `prepare` and in a model's recipe.
+PREPROCESSING = ("normalize_low", "normalize_high", "resize", "input_form", "clahe_clip")
 
 
 def working_size(height: int, width: int, resize: int) -> tuple[int, int]:
@@ -57,6 +61,12 @@ def preprocess(image: np.ndarray, normalize_low: float, normalize_high: float, r
         return normalised
     shrinking = height < normalised.shape[0]
     return cv2.resize(normalised, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def preprocessing(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The `preprocess` settings among a recipe's or params' `prepare` ones: models whose
+    preprocessing differs see different images, so they cannot be scored on the same samples."""
+    return {name: settings[name] for name in PREPROCESSING}
 
 
 def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:

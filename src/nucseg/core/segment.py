@@ -1,4 +1,4 @@
-"""Segment an image: the recipe, then normalise → network (tiled, optional flips) → instances.
+"""Segment an image: the recipe, then normalise → network (tiled, test-time views averaged) → instances.
 
 Every consumer — `evaluate`, `promote`, `score`, `predict`, the served model, the benchmarks —
 segments through `segment`, with the `Recipe` stored beside the network, so a model is always
@@ -16,7 +16,7 @@ import numpy as np
 
 from nucseg.core.infer import predict_maps
 from nucseg.core.postprocess import labels_from_maps
-from nucseg.core.preprocess import INPUT_FORMS, preprocess, resize_labels
+from nucseg.core.preprocess import INPUT_FORMS, preprocess, preprocessing, resize_labels
 
 # Pads every image to a multiple of 32: enough for U-Nets up to depth 5 and the MobileNetV2
 # encoder, so a model loaded from the registry needs no knowledge of how it was built.
@@ -145,8 +145,7 @@ def segment_prepared(model, image: np.ndarray, recipe: Recipe, height: int, widt
 
 def prepared_image(image: np.ndarray, recipe: Recipe) -> np.ndarray:
     """An image as read from disk, as the network sees it (the recipe's `preprocess`)."""
-    return preprocess(image, recipe.normalize_low, recipe.normalize_high, recipe.resize, recipe.input_form,
-                      recipe.clahe_clip)
+    return preprocess(image, **preprocessing(recipe.to_dict()))
 
 
 def segment(model, image: np.ndarray, recipe: Recipe) -> np.ndarray:

@@ -73,13 +73,14 @@ def compile_model(model: keras.Model, train_cfg: dict[str, Any]) -> None:
 
 
 def split_samples(split_path: str | Path, samples_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """Training and validation samples, each with its `modality` from the split table."""
+    """Training and validation samples, each with its `modality` from the split table (and its
+    instance `labels`, which the whole-image scoring of `val` needs)."""
     split = pd.read_csv(split_path)
     parts = []
     for side in ("train", "val"):
         rows = split[split["split"] == side]
         samples = load_samples([Path(samples_dir) / f"{i}.npz" for i in rows["id"]],
-                               desc=f"train: loading {side} samples")
+                               desc=f"train: loading {side} samples", with_labels=side == "val")
         parts.append([{**sample, "modality": modality} for sample, modality in zip(samples, rows["modality"])])
     return parts[0], parts[1]
 

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Mapping, NamedTuple
 from nucseg import config
 from nucseg.config import get_logger
 from nucseg.core.evaluation import evaluate_model, summarize
+from nucseg.core.preprocess import preprocessing
 from nucseg.core.segment import Recipe
 from nucseg.mlops.segmenter_model import load_segmenter, log_segmenter, recipe_digest
 
@@ -149,19 +150,15 @@ def score_model(model_uri: str, samples: list[dict[str, Any]], prepared_with: Re
         network, recipe = load_segmenter(model_uri, fallback_recipe=prepared_with)
     except Exception as err:  # noqa: BLE001 - whatever the cause, the URI is what the user must fix
         raise PromotionError(f"cannot load model {model_uri} ({label}): {err}") from err
-    if preprocessing(recipe) != preprocessing(prepared_with):
-        raise PromotionError(f"{model_uri} ({label}) preprocesses images as {preprocessing(recipe)}, the prepared "
-                             f"test images were made with {preprocessing(prepared_with)}: run `prepare` with its "
+    own, prepared = preprocessing(recipe.to_dict()), preprocessing(prepared_with.to_dict())
+    if own != prepared:
+        raise PromotionError(f"{model_uri} ({label}) preprocesses images as {own}, the prepared "
+                             f"test images were made with {prepared}: run `prepare` with its "
                              "settings to compare it")
     per_image, _ = evaluate_model(network, samples, recipe, desc=f"promote {label}")
     summary = summarize(per_image)
     log.info("%s (%s): test DSB %.4f", label, model_uri, summary["overall"]["dsb"])
     return summary
-
-
-def preprocessing(recipe: Recipe) -> dict[str, Any]:
-    return {key: getattr(recipe, key) for key in ("normalize_low", "normalize_high", "resize", "input_form",
-                                                  "clahe_clip")}
 
 
 def package(client, run_id: str, network_uri: str, recipe: Recipe) -> str:

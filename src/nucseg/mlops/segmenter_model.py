@@ -1,5 +1,5 @@
 """The registered model is the whole segmenter, as an MLflow pyfunc: the Keras network plus its
-`Recipe` (normalisation, resize, tiling, flips, watershed thresholds), with this package as code,
+`Recipe` (normalisation, resize, tiling, test-time views, watershed thresholds), with this package as code,
 so it loads and serves without this repository installed.
 
 The network also travels as ONNX when the export reproduces it; the model's `runtime` config

@@ -16,15 +16,14 @@ from tqdm import tqdm
 
 from nucseg import io
 from nucseg.config import get_logger
-from nucseg.core.preprocess import preprocess, resize_labels
+from nucseg.core.preprocess import preprocess, preprocessing, resize_labels
 from nucseg.core.targets import labels_from_masks, targets_from_labels
 
 log = get_logger("nucseg.prepare")
 
 
 def prepare_sample(image_path: Path, masks_dir: Path, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
-    image = preprocess(io.read_image(image_path), float(cfg["normalize_low"]), float(cfg["normalize_high"]),
-                       int(cfg.get("resize") or 0), cfg["input_form"], float(cfg["clahe_clip"]))
+    image = preprocess(io.read_image(image_path), **preprocessing(cfg))
     labels = labels_from_masks([io.read_mask(p) for p in sorted(masks_dir.glob("*.png"))])
     working = resize_labels(labels, *image.shape[:2])
     target = targets_from_labels(working, cfg["separator"], int(cfg["border_width"]), float(cfg["gap_radius_fraction"]))

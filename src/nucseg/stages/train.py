@@ -19,7 +19,6 @@ import pandas as pd
 
 from nucseg import io
 from nucseg.config import get_logger
-from nucseg.core.evaluation import load_split_samples
 from nucseg.core.training import (build_model, choose_recipe, curves_figure, fit, load_state, settings_digest,
                                   split_samples)
 from nucseg.mlops import datasets, tracking
@@ -66,7 +65,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
             model = keras.saving.load_model(work_dir / "best.keras")
         model_dir.mkdir(parents=True, exist_ok=True)
         model.save(model_dir / "model.keras")
-        chosen = choose_recipe(model, params, load_split_samples(split_path, samples_dir, "val"), model_dir)
+        chosen = choose_recipe(model, params, val, model_dir)
         io.write_csv(model_dir / "history.csv", history)
         figure = model_dir / "training_curves.png"
         curves_figure(history, figure)

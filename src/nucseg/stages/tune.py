@@ -66,7 +66,7 @@ from keras_tuner.engine.trial import Trial, TrialStatus  # noqa: E402
 from nucseg.core import training  # noqa: E402
 from nucseg.core.augment import AugmentConfig  # noqa: E402
 from nucseg.core.data import CropDataset, validation_crops  # noqa: E402
-from nucseg.core.evaluation import evaluate_model, load_split_samples  # noqa: E402
+from nucseg.core.evaluation import evaluate_model  # noqa: E402
 from nucseg.core.segment import Recipe  # noqa: E402
 from nucseg.mlops import datasets, tracking  # noqa: E402
 from nucseg.mlops.logged_models import MlflowLive, log_keras_model  # noqa: E402
@@ -516,7 +516,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
     tuner_dir, model_dir = Path(tuner_dir), Path(model_dir)
     tracking.setup()
     samples = training.split_samples(split_path, samples_dir)
-    val_images = load_split_samples(split_path, samples_dir, "val")
+    val_images = samples[1]
     settings = search_settings(params, split_path)
     tuner_id = join_search(role, oracle) if role else None
     if role == "worker":
