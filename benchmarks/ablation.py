@@ -60,7 +60,7 @@ def step_params(params: dict, step: str) -> dict:
         p["train"]["border_loss_weight"] = 2.0
     if upto < STEPS.index("inputs"):
         p["prepare"].update(input_form="rgb", clahe_clip=0.0)
-        p["train"]["modality_balance"] = 0.0
+        p["train"].update(modality_balance=0.0, type_balance=0.0)
     if upto < STEPS.index("augment"):
         off = dataclasses.asdict(AugmentConfig.none())
         p["augment"].update({key: off[key] for key in ROBUSTNESS_AUGMENT})

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nucseg.core.augment import AugmentConfig
-from nucseg.core.data import CropDataset, load_samples, validation_crops
+from nucseg.core.data import CropDataset, draw_probabilities, load_samples, validation_crops
 
 AUGMENT = AugmentConfig(flip=True, rot90=True, rotate_degrees=20, shear=0.1, scale_min=0.8, scale_max=1.25,
                         brightness=0.1, contrast=0.2)
@@ -99,6 +99,28 @@ def test_epochs_differ_and_set_epoch_resumes():
     resumed = make_dataset()
     resumed.set_epoch(1)
     np.testing.assert_array_equal(resumed[0][0], second)
+
+
+def image_of(modality: str, height: int, width: int) -> dict:
+    return {"modality": modality, "image": np.zeros((height, width, 3), np.uint8)}
+
+
+def test_draws_follow_sqrt_area_and_the_balances_even_out_rare_types_and_modalities():
+    # Three 100x100 fluorescence images (sqrt area 100 each), one 100x400 (sqrt area 200).
+    fluorescence = [image_of("fluorescence", 100, 100)] * 3 + [image_of("fluorescence", 100, 400)]
+    np.testing.assert_allclose(draw_probabilities(fluorescence), [0.2, 0.2, 0.2, 0.4])
+    # type_balance 1: each type (one modality at one size) equally often, 1/2 each.
+    np.testing.assert_allclose(draw_probabilities(fluorescence, type_balance=1.0), [1 / 6, 1 / 6, 1 / 6, 1 / 2])
+    # type_balance 0.5: a type's share goes with sqrt(its sqrt-area total): sqrt(300) : sqrt(200).
+    shares = np.sqrt([300.0, 200.0]) / np.sqrt([300.0, 200.0]).sum()
+    np.testing.assert_allclose(draw_probabilities(fluorescence, type_balance=0.5),
+                               [shares[0] / 3] * 3 + [shares[1]])
+    # Both at 1 with a histology image: modalities share equally, and inside fluorescence the types.
+    mixed = fluorescence + [image_of("histology", 100, 100)]
+    np.testing.assert_allclose(draw_probabilities(mixed, modality_balance=1.0, type_balance=1.0),
+                               [1 / 12, 1 / 12, 1 / 12, 1 / 4, 1 / 2])
+    with pytest.raises(ValueError, match="type_balance must be in"):
+        draw_probabilities(mixed, type_balance=1.5)
 
 
 def test_validation_crops_deterministic_and_spread():

@@ -47,9 +47,13 @@ class CropDataset(keras.utils.PyDataset):
     Images are drawn with probability proportional to sqrt(area): uniform sampling would show the
     pixels of the many 256x256 images far more often than those of the few 1040x1388 ones, while
     sampling by area would let those few large images (22x the pixels) dominate the batches.
-    `modality_balance` then oversamples the rare modalities (samples carry a `modality`): each
-    modality's share of the draws is its share under sqrt(area) raised to 1 - balance, so 0
-    keeps the data's proportions and 1 draws every modality equally often.
+    `type_balance` then oversamples the rare *types* of image — one modality at one size, a
+    stand-in for the experiment (microscope, stain, magnification) an image came from — and
+    `modality_balance` the rare modalities (samples carry a `modality`): each group's share of
+    the draws is its share under sqrt(area) raised to 1 - balance, so 0 keeps the data's
+    proportions and 1 draws every group equally often. Without `type_balance`, the three
+    512x640 fluorescence images of large dim nuclei in `train` (1.4 % of the fluorescence draws)
+    were never learnt: the network gave their nuclei a foreground probability of 0.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class CropDataset(keras.utils.PyDataset):
         augment: AugmentConfig,
         seed: int,
         modality_balance: float = 0.0,
+        type_balance: float = 0.0,
         workers: int = 2,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
@@ -79,7 +84,7 @@ class CropDataset(keras.utils.PyDataset):
         self.seed = seed
         self.epoch = 0
         self._epoch_running = False
-        self._probabilities = draw_probabilities(self.samples, modality_balance)
+        self._probabilities = draw_probabilities(self.samples, modality_balance, type_balance)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -113,15 +118,19 @@ class CropDataset(keras.utils.PyDataset):
         self.epoch = epoch
 
 
-def draw_probabilities(samples: Sequence[dict[str, Any]], modality_balance: float = 0.0) -> np.ndarray:
+def draw_probabilities(samples: Sequence[dict[str, Any]], modality_balance: float = 0.0,
+                       type_balance: float = 0.0) -> np.ndarray:
     """How often each sample is drawn: see `CropDataset`."""
-    if not 0.0 <= modality_balance <= 1.0:
-        raise ValueError(f"modality_balance must be in [0, 1], got {modality_balance}")
+    for name, balance in (("modality_balance", modality_balance), ("type_balance", type_balance)):
+        if not 0.0 <= balance <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {balance}")
     weights = np.sqrt([s["image"].shape[0] * s["image"].shape[1] for s in samples])
     modalities = np.array([s.get("modality", "") for s in samples])
-    for modality in np.unique(modalities):
-        own = modalities == modality
-        weights[own] *= weights[own].sum() ** -modality_balance
+    types = np.array([f"{s.get('modality', '')} {s['image'].shape[0]}x{s['image'].shape[1]}" for s in samples])
+    for groups, balance in ((types, type_balance), (modalities, modality_balance)):
+        for group in np.unique(groups):
+            own = groups == group
+            weights[own] *= weights[own].sum() ** -balance
     return weights / weights.sum()
 
 

@@ -206,7 +206,7 @@ def fit(model: keras.Model, train: list[dict], val: list[dict], params: dict[str
     dataset = CropDataset(train, batch_size=int(cfg["batch_size"]), crop_size=int(cfg["crop_size"]),
                           steps_per_epoch=int(cfg["steps_per_epoch"]), augment=AugmentConfig.from_params(params["augment"]),
                           seed=int(cfg["seed"]), modality_balance=float(cfg.get("modality_balance", 0.0)),
-                          workers=int(cfg["workers"]))
+                          type_balance=float(cfg.get("type_balance", 0.0)), workers=int(cfg["workers"]))
     dataset.set_epoch(initial_epoch)
     x_val, y_val = validation_crops(val, n=int(cfg["val_crops"]), crop_size=int(cfg["crop_size"]), seed=int(cfg["seed"]))
     history_csv = work_dir / "history.csv"

@@ -78,7 +78,8 @@ CHOICES = ("base_filters", "depth")
 LOG_SAMPLED = ("learning_rate",)
 VAL_METRICS = ("val_dsb", "val_loss", "val_iou", "val_dice")
 # Trial results depend on these train keys (beside the tuned ones); a saved search resumes only if they are unchanged.
-TRIAL_TRAIN_KEYS = ("seed", "crop_size", "batch_size", "border_loss_weight", "val_crops", "modality_balance")
+TRIAL_TRAIN_KEYS = ("seed", "crop_size", "batch_size", "border_loss_weight", "val_crops", "modality_balance",
+                    "type_balance")
 # tune keys a resumed search may change: they limit the search but do not change its trials.
 RESUMABLE_TUNE_KEYS = ("max_minutes", "retrain", "max_trials")
 # The metric promotion uses (DSB of whole val images after post-processing), not val_loss: the
@@ -377,7 +378,8 @@ def run_search(tuner: kt.Tuner, params: dict[str, Any], train_samples: list[dict
     dataset = CropDataset(train_samples, batch_size=int(cfg["batch_size"]), crop_size=int(cfg["crop_size"]),
                           steps_per_epoch=int(params["tune"]["steps_per_epoch"]),
                           augment=AugmentConfig.from_params(params["augment"]), seed=int(cfg["seed"]),
-                          modality_balance=float(cfg.get("modality_balance", 0.0)), workers=int(cfg["workers"]))
+                          modality_balance=float(cfg.get("modality_balance", 0.0)),
+                          type_balance=float(cfg.get("type_balance", 0.0)), workers=int(cfg["workers"]))
     validation = validation_crops(val_samples, n=int(cfg["val_crops"]), crop_size=int(cfg["crop_size"]),
                                   seed=int(cfg["seed"]))
     tuner.search(dataset, validation_data=validation, epochs=int(params["tune"]["max_epochs"]), verbose=2)
