@@ -86,6 +86,16 @@ class CropDataset(keras.utils.PyDataset):
         self._epoch_running = False
         self._probabilities = draw_probabilities(self.samples, modality_balance, type_balance)
 
+    @classmethod
+    def from_params(cls, samples: Sequence[dict[str, Any]], params: dict[str, Any], steps_per_epoch: int) -> CropDataset:
+        """The crops `params["train"]` and `params["augment"]` describe; training and the tuner's
+        trials differ only in how many batches make an epoch."""
+        cfg = params["train"]
+        return cls(samples, batch_size=int(cfg["batch_size"]), crop_size=int(cfg["crop_size"]),
+                   steps_per_epoch=steps_per_epoch, augment=AugmentConfig.from_params(params["augment"]),
+                   seed=int(cfg["seed"]), modality_balance=float(cfg.get("modality_balance", 0.0)),
+                   type_balance=float(cfg.get("type_balance", 0.0)), workers=int(cfg["workers"]))
+
     def __len__(self) -> int:
         return self.steps_per_epoch
 

@@ -24,7 +24,6 @@ log = get_logger("nucseg.train")
 
 import keras  # noqa: E402 - after config has set the backend
 
-from nucseg.core.augment import AugmentConfig  # noqa: E402
 from nucseg.core.calibration import search_recipe  # noqa: E402
 from nucseg.core.data import CropDataset, load_samples, validation_crops  # noqa: E402
 from nucseg.core.losses import PixelDice, PixelIoU, bce_dice_loss  # noqa: E402
@@ -203,10 +202,7 @@ def fit(model: keras.Model, train: list[dict], val: list[dict], params: dict[str
     state); `state` is what `load_state` found. Returns the per-epoch history."""
     cfg = params["train"]
     work_dir.mkdir(parents=True, exist_ok=True)
-    dataset = CropDataset(train, batch_size=int(cfg["batch_size"]), crop_size=int(cfg["crop_size"]),
-                          steps_per_epoch=int(cfg["steps_per_epoch"]), augment=AugmentConfig.from_params(params["augment"]),
-                          seed=int(cfg["seed"]), modality_balance=float(cfg.get("modality_balance", 0.0)),
-                          type_balance=float(cfg.get("type_balance", 0.0)), workers=int(cfg["workers"]))
+    dataset = CropDataset.from_params(train, params, steps_per_epoch=int(cfg["steps_per_epoch"]))
     dataset.set_epoch(initial_epoch)
     x_val, y_val = validation_crops(val, n=int(cfg["val_crops"]), crop_size=int(cfg["crop_size"]), seed=int(cfg["seed"]))
     history_csv = work_dir / "history.csv"

@@ -64,7 +64,6 @@ import keras_tuner as kt  # noqa: E402
 from keras_tuner.engine.trial import Trial, TrialStatus  # noqa: E402
 
 from nucseg.core import training  # noqa: E402
-from nucseg.core.augment import AugmentConfig  # noqa: E402
 from nucseg.core.data import CropDataset, validation_crops  # noqa: E402
 from nucseg.core.evaluation import evaluate_model  # noqa: E402
 from nucseg.core.segment import Recipe  # noqa: E402
@@ -375,11 +374,7 @@ def run_search(tuner: kt.Tuner, params: dict[str, Any], train_samples: list[dict
     """Trials train on random augmented crops (tune.steps_per_epoch batches an epoch) and are
     scored on the same fixed validation crops as the training stage."""
     cfg = params["train"]
-    dataset = CropDataset(train_samples, batch_size=int(cfg["batch_size"]), crop_size=int(cfg["crop_size"]),
-                          steps_per_epoch=int(params["tune"]["steps_per_epoch"]),
-                          augment=AugmentConfig.from_params(params["augment"]), seed=int(cfg["seed"]),
-                          modality_balance=float(cfg.get("modality_balance", 0.0)),
-                          type_balance=float(cfg.get("type_balance", 0.0)), workers=int(cfg["workers"]))
+    dataset = CropDataset.from_params(train_samples, params, steps_per_epoch=int(params["tune"]["steps_per_epoch"]))
     validation = validation_crops(val_samples, n=int(cfg["val_crops"]), crop_size=int(cfg["crop_size"]),
                                   seed=int(cfg["seed"]))
     tuner.search(dataset, validation_data=validation, epochs=int(params["tune"]["max_epochs"]), verbose=2)
