@@ -1,13 +1,15 @@
-"""The segmenter: its recipe, test-time flips, and one path for evaluation and scoring."""
+"""The segmenter: its recipe, test-time flips, small nuclei enlarged, and one path for evaluation and scoring."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from skimage.draw import disk
 
 from nucseg import io
-from nucseg.core.segment import Recipe, prepared_image, probability_maps, segment, segment_prepared
+from nucseg.core.segment import (Recipe, median_diameter, prepared_image, probability_maps, segment, segment_prepared,
+                                 segmentation_maps, upscale_factor)
 from nucseg.stages.prepare import prepare_sample
 
 
@@ -39,6 +41,8 @@ def test_recipe_round_trips_and_rejects_bad_values():
         Recipe(fg_threshold=1.5)
     with pytest.raises(ValueError, match="tile_overlap < tile_size"):
         Recipe(tile_size=64, tile_overlap=64)
+    with pytest.raises(ValueError, match="max_upscale >= 1"):
+        Recipe(upscale_below=16, max_upscale=0.5)
     with pytest.raises(ValueError, match="unknown setting"):
         Recipe.from_dict({"fg_treshold": 0.5})
 
@@ -83,6 +87,57 @@ def test_dihedral_tta_averages_the_eight_turned_and_mirrored_views():
     assert dihedral.shape == (32, 64, 2)
     np.testing.assert_allclose(dihedral, np.mean(views, axis=0), atol=1e-5)
     assert not np.allclose(dihedral, probability_maps(model, image, Recipe(tta="flips")), atol=1e-4)
+
+
+def bright_is_nucleus_model():
+    """A 1x1 convolution: foreground probability ~1 on bright pixels, ~0 on dark ones; no separator."""
+    import keras
+
+    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(2, 1, activation="sigmoid")])
+    kernel = np.zeros((1, 1, 3, 2), np.float32)
+    kernel[..., 0] = 10.0
+    model.layers[0].set_weights([kernel, np.array([-15.0, -10.0], np.float32)])
+    return model
+
+
+def disks_image(radius: int) -> np.ndarray:
+    image = np.full((64, 96, 3), 20, np.uint8)
+    for centre in [(16, 16), (40, 30), (20, 60), (45, 75)]:
+        image[disk(centre, radius, shape=image.shape[:2])] = 240
+    return image
+
+
+def test_median_diameter_is_of_the_equal_area_circle():
+    labels = np.zeros((40, 80), np.uint16)
+    labels[0:10, 0:10], labels[0:20, 20:40], labels[0:30, 45:75] = 1, 2, 5  # areas 100, 400, 900; 3, 4 absent
+    assert median_diameter(labels) == pytest.approx(2 * np.sqrt(400 / np.pi))
+    assert median_diameter(np.zeros((8, 8), np.uint16)) == 0.0
+
+
+@pytest.mark.parametrize("diameter, expected", [(10.0, 2.0), (12.5, 1.6), (8.0, 2.0), (16.0, 1.0), (30.0, 1.0),
+                                                (0.0, 1.0)])
+def test_upscale_factor_enlarges_only_small_nuclei_and_at_most_max_upscale(diameter, expected):
+    recipe = Recipe(upscale_below=16, upscale_to=20, max_upscale=2)
+    assert upscale_factor(diameter, recipe) == pytest.approx(expected)
+    assert upscale_factor(diameter, Recipe()) == 1.0  # upscale_below 0: never
+
+
+@pytest.mark.parametrize("tta", ["none", "flips"])
+def test_small_nuclei_are_segmented_on_the_enlarged_image(tta):
+    image, model = disks_image(radius=5), bright_is_nucleus_model()
+    recipe = Recipe(upscale_below=16, upscale_to=16, max_upscale=2, tta=tta, min_object_area=0)
+    factor = 16 / median_diameter(segment_prepared(model, image, Recipe(min_object_area=0), 64, 96))
+    assert 1.3 < factor < 2
+    enlarged = cv2.resize(image, (round(96 * factor), round(64 * factor)), interpolation=cv2.INTER_LINEAR)
+    expected = cv2.resize(probability_maps(model, enlarged, recipe), (96, 64), interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(segmentation_maps(model, image, recipe), expected, atol=1e-6)
+    assert segment_prepared(model, image, recipe, 64, 96).max() == 4
+
+
+def test_nuclei_at_least_upscale_below_across_are_segmented_as_they_are():
+    image, model = disks_image(radius=10), bright_is_nucleus_model()
+    recipe = Recipe(upscale_below=16, upscale_to=20, tta="flips", min_object_area=0)
+    np.testing.assert_array_equal(segmentation_maps(model, image, recipe), probability_maps(model, image, recipe))
 
 
 @pytest.mark.parametrize("input_form", ["rgb", "grey"])

@@ -168,7 +168,8 @@ def test_the_objective_is_the_dsb_of_whole_val_images_after_post_processing(sear
     assert tune.OBJECTIVE == ("val_dsb", "max")
     val = load_split_samples(search.root / "split.csv", search.root / "prepared", "val")
     model = keras.saving.load_model(search.root / "models" / "tuned" / "model.keras", compile=False)
-    per_image, _ = evaluate_model(model, val, dataclasses.replace(Recipe.from_params(search.params), tta="none"))
+    trial_recipe = dataclasses.replace(Recipe.from_params(search.params), tta="none", upscale_below=0.0)
+    per_image, _ = evaluate_model(model, val, trial_recipe)
     assert search.metrics["best_trial_val_dsb"] == pytest.approx(per_image["dsb"].mean(), abs=1e-5)
     [parent] = runs_named(client(search.uri), "tune")
     finished = [t for t in children(client(search.uri), parent.info.run_id) if t.info.status == "FINISHED"]

@@ -1,7 +1,7 @@
 """Post-processing chosen by data: the mask, seed and size thresholds that give a trained model
 its best DSB on `val`.
 
-The network runs once per image; each candidate only re-runs the watershed and the metric
+The network runs once per image (at the recipe's working scale); each candidate only re-runs the watershed and the metric
 (seconds), so every trained model gets its own thresholds, stored in its recipe.
 """
 
@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from nucseg.core import metrics
-from nucseg.core.segment import Recipe, labels_of_maps, probability_maps
+from nucseg.core.segment import Recipe, labels_of_maps, segmentation_maps
 
 SEARCHABLE = ("fg_threshold", "marker_threshold", "border_threshold", "min_marker_area", "min_object_area")
 
@@ -65,7 +65,7 @@ def search_recipe(model, samples: Sequence[dict[str, Any]], recipe: Recipe, grid
     unknown = sorted(set(grid) - set(SEARCHABLE))
     if unknown:
         raise ValueError(f"postprocess.search: cannot search {unknown}; searchable: {list(SEARCHABLE)}")
-    maps = [probability_maps(model, sample["image"], recipe)
+    maps = [segmentation_maps(model, sample["image"], recipe)
             for sample in tqdm(samples, desc=f"{desc}: probability maps", unit="image")]
     truths = [sample["labels"] for sample in samples]
     progress = tqdm(desc=f"{desc}: candidates", unit="candidate")

@@ -127,14 +127,15 @@ class UNetHyperModel(kt.HyperModel):
     first epoch trained (every trial, a hyperband continuation included, then sees the batches a
     from-scratch run would, so scores differ by hyperparameters rather than by data luck) and
     scores the trained model on the whole `val` images (`val_samples`, with their labels) with the
-    params' post-processing. Trials are ranked without test-time augmentation: it multiplies the
-    network time of every trial's scoring and the kept model gets it back with its thresholds."""
+    params' post-processing. Trials are ranked without test-time augmentation or enlarging small
+    nuclei: both multiply the network time of every trial's scoring, and the kept model gets them
+    back with its thresholds."""
 
     def __init__(self, params: dict[str, Any], val_samples: list[dict[str, Any]]):
         super().__init__(name="unet")
         self.params = params
         self.val_samples = val_samples
-        self.recipe = dataclasses.replace(Recipe.from_params(params), tta="none")
+        self.recipe = dataclasses.replace(Recipe.from_params(params), tta="none", upscale_below=0.0)
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         return build_hypermodel(hp, self.params)
