@@ -1,13 +1,16 @@
 """Training throughput (augmented crops/s) and whole-image inference throughput (megapixels/s).
 
 Run from the project root after `dvc repro prepare`:  python benchmarks/throughput.py
-Prints numbers; asserts nothing. Uses the default params (model, crops, batch size, workers).
+Prints numbers; asserts nothing. Uses the default params (model, crops, batch size, workers) and
+the model's own recipe (`recipe.json` beside it; the params' without one), timed with each TTA and
+with enlarging small nuclei on (`upscale_below` of the recipe) and off.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -20,7 +23,7 @@ import keras  # noqa: E402  (after nucseg.config set the backend)
 
 from nucseg.core.augment import AugmentConfig  # noqa: E402
 from nucseg.core.data import CropDataset, load_samples  # noqa: E402
-from nucseg.core.segment import TTA_VIEWS, Recipe, probability_maps, segment_prepared  # noqa: E402
+from nucseg.core.segment import TTA_VIEWS, Recipe, segment_prepared, segmentation_maps  # noqa: E402
 from nucseg.core.training import build_model  # noqa: E402
 
 
@@ -41,11 +44,11 @@ def inference_throughput(recipe: Recipe, model_path: Path | None, images: list[n
     """Megapixels/s of the network alone and of the whole segmenter on prepared uint8 images."""
     model = keras.saving.load_model(model_path, compile=False) if model_path else build_model(params["model"], params["train"])
     for image in images[:2]:  # trace each size once
-        probability_maps(model, image, recipe)
+        segmentation_maps(model, image, recipe)
     megapixels = sum(i.shape[0] * i.shape[1] for i in images) / 1e6
     start = time.perf_counter()
     for image in images:
-        probability_maps(model, image, recipe)
+        segmentation_maps(model, image, recipe)
     network = megapixels / (time.perf_counter() - start)
     start = time.perf_counter()
     for image in images:
@@ -70,13 +73,16 @@ def main() -> None:
     val_ids = split.loc[split["split"] == "val", "id"].head(args.images)
     images = [s["image"] for s in
               load_samples([Path("artifacts/prepared") / f"{i}.npz" for i in val_ids], desc="benchmark: loading")]
-    for tta in args.tta.split(","):
-        recipe = dataclasses.replace(Recipe.from_params(params), tta=tta)
+    stored = args.model.parent / "recipe.json"
+    base = Recipe.from_dict(json.loads(stored.read_text())) if stored.exists() else Recipe.from_params(params)
+    settings = [(tta, upscale_below) for upscale_below in dict.fromkeys((base.upscale_below, 0.0))
+                for tta in args.tta.split(",")]
+    for tta, upscale_below in settings:
+        recipe = dataclasses.replace(base, tta=tta, upscale_below=upscale_below)
         network, total = inference_throughput(recipe, args.model if args.model.exists() else None, images, params)
-        print(f"inference (tta={recipe.tta}): {network:.2f} megapixels/s network only, {total:.2f} megapixels/s with "
-              f"watershed, {1 / total:.2f} s per megapixel ({len(images)} validation images, "
-              f"{sum(i.size // 3 for i in images) / 1e6:.2f} megapixels)", flush=True)
-
+        print(f"inference (tta={recipe.tta}, upscale_below={recipe.upscale_below:g}): {network:.2f} megapixels/s "
+              f"network only, {total:.2f} megapixels/s with watershed, {1 / total:.2f} s per megapixel "
+              f"({len(images)} validation images, {sum(i.size // 3 for i in images) / 1e6:.2f} megapixels)", flush=True)
 
 if __name__ == "__main__":
     main()
