@@ -136,7 +136,8 @@ def draw_probabilities(samples: Sequence[dict[str, Any]], modality_balance: floa
             raise ValueError(f"{name} must be in [0, 1], got {balance}")
     weights = np.sqrt([s["image"].shape[0] * s["image"].shape[1] for s in samples])
     modalities = np.array([s.get("modality", "") for s in samples])
-    types = np.array([f"{s.get('modality', '')} {s['image'].shape[0]}x{s['image'].shape[1]}" for s in samples])
+    types = np.array([f"{modality} {s['image'].shape[0]}x{s['image'].shape[1]}"
+                      for modality, s in zip(modalities, samples)])
     for groups, balance in ((types, type_balance), (modalities, modality_balance)):
         for group in np.unique(groups):
             own = groups == group
@@ -159,3 +160,11 @@ def validation_crops(
         rng = np.random.default_rng([seed, k])
         x[k], y[k] = sample_crop(sample["image"], sample["target"], crop_size, rng, none)
     return x, y
+
+
+def validation_crops_from_params(samples: Sequence[dict[str, Any]],
+                                 params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """`validation_crops` as `params["train"]` sets them: training and every tuner trial score the
+    same crops."""
+    cfg = params["train"]
+    return validation_crops(samples, n=int(cfg["val_crops"]), crop_size=int(cfg["crop_size"]), seed=int(cfg["seed"]))

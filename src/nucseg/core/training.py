@@ -25,7 +25,7 @@ log = get_logger("nucseg.train")
 import keras  # noqa: E402 - after config has set the backend
 
 from nucseg.core.calibration import search_recipe  # noqa: E402
-from nucseg.core.data import CropDataset, load_samples, validation_crops  # noqa: E402
+from nucseg.core.data import CropDataset, load_samples, validation_crops_from_params  # noqa: E402
 from nucseg.core.losses import PixelDice, PixelIoU, bce_dice_loss  # noqa: E402
 from nucseg.core.segment import Recipe  # noqa: E402
 from nucseg.core.unet import build_unet  # noqa: E402
@@ -204,7 +204,7 @@ def fit(model: keras.Model, train: list[dict], val: list[dict], params: dict[str
     work_dir.mkdir(parents=True, exist_ok=True)
     dataset = CropDataset.from_params(train, params, steps_per_epoch=int(cfg["steps_per_epoch"]))
     dataset.set_epoch(initial_epoch)
-    x_val, y_val = validation_crops(val, n=int(cfg["val_crops"]), crop_size=int(cfg["crop_size"]), seed=int(cfg["seed"]))
+    x_val, y_val = validation_crops_from_params(val, params)
     history_csv = work_dir / "history.csv"
     if initial_epoch > 0 and history_csv.exists():  # drop rows of epochs that did not finish
         previous = pd.read_csv(history_csv)

@@ -64,7 +64,7 @@ import keras_tuner as kt  # noqa: E402
 from keras_tuner.engine.trial import Trial, TrialStatus  # noqa: E402
 
 from nucseg.core import training  # noqa: E402
-from nucseg.core.data import CropDataset, validation_crops  # noqa: E402
+from nucseg.core.data import CropDataset, validation_crops_from_params  # noqa: E402
 from nucseg.core.evaluation import evaluate_model  # noqa: E402
 from nucseg.core.segment import Recipe  # noqa: E402
 from nucseg.mlops import datasets, tracking  # noqa: E402
@@ -374,10 +374,8 @@ def saved_search(tuner_dir: Path, settings: dict[str, Any]) -> tuple[bool, str |
 def run_search(tuner: kt.Tuner, params: dict[str, Any], train_samples: list[dict], val_samples: list[dict]) -> None:
     """Trials train on random augmented crops (tune.steps_per_epoch batches an epoch) and are
     scored on the same fixed validation crops as the training stage."""
-    cfg = params["train"]
     dataset = CropDataset.from_params(train_samples, params, steps_per_epoch=int(params["tune"]["steps_per_epoch"]))
-    validation = validation_crops(val_samples, n=int(cfg["val_crops"]), crop_size=int(cfg["crop_size"]),
-                                  seed=int(cfg["seed"]))
+    validation = validation_crops_from_params(val_samples, params)
     tuner.search(dataset, validation_data=validation, epochs=int(params["tune"]["max_epochs"]), verbose=2)
 
 
