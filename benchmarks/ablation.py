@@ -13,7 +13,8 @@ Steps are cumulative, from the seeds'-notebook baseline to the pipeline's defaul
   tta          + test-time augmentation: params' views, else all eight turns and mirrors (same
                network and thresholds)
   pipeline     the pipeline's own untuned network (models/untuned, trained by `dvc repro`): the
-               params' full budget and early stopping instead of `--epochs`, its own thresholds
+               params' full budget and early stopping instead of `--epochs`, its own recipe
+               (thresholds, TTA, small nuclei enlarged: the steps before it never enlarge)
 
 The tuner's step is the pipeline's own `tune` run (reports/promotion.json). Every training gets
 the same fixed budget (`--epochs`, not minutes, so a busy machine changes the time, not the
@@ -67,6 +68,7 @@ def step_params(params: dict, step: str) -> dict:
     if upto < STEPS.index("thresholds"):
         p["postprocess"]["search"] = {}
     p["inference"]["tta"] = tta_views(params) if upto >= STEPS.index("tta") else "none"
+    p["inference"]["upscale_below"] = 0.0
     return p
 
 
