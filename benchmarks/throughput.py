@@ -41,7 +41,8 @@ def training_throughput(params: dict, samples: list[dict], steps: int) -> float:
 
 def inference_throughput(recipe: Recipe, model_path: Path | None, images: list[np.ndarray],
                          params: dict) -> tuple[float, float]:
-    """Megapixels/s of the network alone and of the whole segmenter on prepared uint8 images."""
+    """Megapixels/s of the maps alone (the network; with enlarging, also the first pass's watershed
+    that measures the nuclei) and of the whole segmenter on prepared uint8 images."""
     model = keras.saving.load_model(model_path, compile=False) if model_path else build_model(params["model"], params["train"])
     for image in images[:2]:  # trace each size once
         segmentation_maps(model, image, recipe)
@@ -83,6 +84,7 @@ def main() -> None:
         print(f"inference (tta={recipe.tta}, upscale_below={recipe.upscale_below:g}): {network:.2f} megapixels/s "
               f"network only, {total:.2f} megapixels/s with watershed, {1 / total:.2f} s per megapixel "
               f"({len(images)} validation images, {sum(i.size // 3 for i in images) / 1e6:.2f} megapixels)", flush=True)
+
 
 if __name__ == "__main__":
     main()
