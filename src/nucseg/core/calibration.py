@@ -1,8 +1,9 @@
 """Post-processing chosen by data: the mask, seed and size thresholds that give a trained model
 its best DSB on `val`.
 
-The network runs once per image (at the recipe's working scale); each candidate only re-runs the watershed and the metric
-(seconds), so every trained model gets its own thresholds, stored in its recipe.
+The network runs once per image (at the recipe's working scale); each candidate only re-runs the
+watershed and the metric (seconds), so every trained model gets its own thresholds, stored in its
+recipe.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ def coordinate_search(score: Callable[[dict[str, Any]], float], grid: Mapping[st
                       start: Mapping[str, Any], max_rounds: int = 3) -> tuple[dict[str, Any], pd.DataFrame]:
     """The grid point `score` rates best, found one setting at a time (each setting set to its
     best value with the others held, round after round until no setting moves), and every point
-    scored, best first (`candidate` numbers them in the order tried; 0 is `start`). Far fewer evaluations than the full grid; on a tie the current value
-    stays, so a flat score never moves a setting."""
+    scored, best first (`candidate` numbers them in the order tried; 0 is `start`). Far fewer
+    evaluations than the full grid; on a tie the current value stays, so a flat score never moves
+    a setting."""
     scored: dict[tuple, float] = {}
 
     def rate(values: dict[str, Any]) -> float:

@@ -122,16 +122,20 @@ def _unview(x: np.ndarray, turns: int, mirror: bool) -> np.ndarray:
     return np.rot90(x[:, ::-1] if mirror else x, -turns)
 
 
-def probability_maps(model, image: np.ndarray, recipe: Recipe) -> np.ndarray:
+def probability_maps(model, image: np.ndarray, recipe: Recipe, identity: np.ndarray | None = None) -> np.ndarray:
     """HxWx2 foreground/border probabilities of a uint8 preprocessed image; with `tta`, the mean
-    over the recipe's views (each map turned back), which the model sees as different images."""
+    over the recipe's views (each map turned back), which the model sees as different images.
+    `identity`: the maps of the image as it is, when a pass has already made them (not run again)."""
     x = image.astype(np.float32) / 255.0
     total = None
     for turns, mirror in TTA_VIEWS[recipe.tta]:
-        maps = predict_maps(model, np.ascontiguousarray(_view(x, turns, mirror)), multiple=INFERENCE_MULTIPLE,
-                            tile_size=recipe.tile_size, overlap=recipe.tile_overlap,
-                            max_untiled_pixels=recipe.max_untiled_pixels)
-        maps = _unview(maps, turns, mirror)
+        if identity is not None and (turns, mirror) == (0, False):
+            maps = identity
+        else:
+            maps = predict_maps(model, np.ascontiguousarray(_view(x, turns, mirror)), multiple=INFERENCE_MULTIPLE,
+                                tile_size=recipe.tile_size, overlap=recipe.tile_overlap,
+                                max_untiled_pixels=recipe.max_untiled_pixels)
+            maps = _unview(maps, turns, mirror)
         total = maps if total is None else total + maps
     return total / len(TTA_VIEWS[recipe.tta])
 
@@ -160,10 +164,10 @@ def segmentation_maps(model, image: np.ndarray, recipe: Recipe) -> np.ndarray:
     first = probability_maps(model, image, dataclasses.replace(recipe, tta="none"))
     factor = upscale_factor(median_diameter(labels_of_maps(first, recipe, *first.shape[:2])), recipe)
     if factor == 1.0:
-        return first if recipe.tta == "none" else probability_maps(model, image, recipe)
+        return probability_maps(model, image, recipe, identity=first)
     height, width = image.shape[:2]
     enlarged = cv2.resize(image, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_LINEAR)
-    maps = probability_maps(model, enlarged, recipe).astype(np.float32)
+    maps = probability_maps(model, enlarged, recipe)
     return cv2.resize(maps, (width, height), interpolation=cv2.INTER_AREA)
 
 
