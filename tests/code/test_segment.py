@@ -90,10 +90,8 @@ def test_dihedral_tta_averages_the_eight_turned_and_mirrored_views():
 
 
 def bright_is_nucleus_model():
-    """A 1x1 convolution: foreground probability ~1 on bright pixels, ~0 on dark ones; no separator."""
-    import keras
-
-    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(2, 1, activation="sigmoid")])
+    """`pointwise_model` set so that foreground probability is ~1 on bright pixels, ~0 on dark ones; no separator."""
+    model = pointwise_model()
     kernel = np.zeros((1, 1, 3, 2), np.float32)
     kernel[..., 0] = 10.0
     model.layers[0].set_weights([kernel, np.array([-15.0, -10.0], np.float32)])
