@@ -189,20 +189,46 @@ def build_project(project: Path, env: dict) -> None:
 
 # ---- a shared tracking server (tests marked `server`) ----
 
+ROLES = ("reader", "member", "promoter")
+
+
 @dataclass
 class Server:
     url: str
     database_uri: str  # for psycopg
     artifacts: Path
     log: Path
+    home: Path  # the script's secrets
+    passwords: dict[str, str]  # admin and one user per role, named after it
+
+    def env(self, user: str | None) -> dict:
+        """A subprocess environment that talks to this server as `user` (None: anonymous)."""
+        env = {**pipeline_env(), "MLFLOW_TRACKING_URI": self.url}
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            env.pop(key, None)
+        if user:
+            env.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=self.passwords[user])
+        return env
+
+
+def owner_only_file(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
 
 
 @pytest.fixture(scope="session")
 def tracking_server(tmp_path_factory):
-    """`scripts/tracking-server` with a database of its own (created, then dropped)."""
+    """`scripts/tracking-server` with a database of its own (created, then dropped), users on:
+    the admin's password from an owner-only file, one user per role made with `nucseg team add`."""
+    import secrets
+
     folder = tmp_path_factory.mktemp("server")
     port, name = free_port(), f"nucseg_test_{os.getpid()}"
-    env = {**pipeline_env(), "NUCSEG_DB_NAME": name, "NUCSEG_DB_USER": "nucseg_test", "NUCSEG_DB_PASSWORD": "nucseg_test",
+    admin_password = secrets.token_urlsafe(16)
+    env = {**pipeline_env(), "NUCSEG_DB_NAME": name, "NUCSEG_DB_USER": "nucseg_test",
+           "NUCSEG_ADMIN_PASSWORD_FILE": str(owner_only_file(folder / "admin.secret", admin_password)),
+           "NUCSEG_SERVER_HOME": str(folder / "home"),
            "NUCSEG_ARTIFACTS": str(folder / "artifacts"), "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "2"}
     log = folder / "server.log"
     with open(log, "w") as out:
@@ -211,10 +237,26 @@ def tracking_server(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     wait_until_up(f"{url}/health", server, log, "scripts/tracking-server (PostgreSQL + mlflow server)", timeout=180)
     sys.__stdout__.write(f"\n{log.read_text()}")  # CI's output shows PostgreSQL and the server starting
-    yield Server(url, f"postgresql://nucseg_test:nucseg_test@127.0.0.1:5432/{name}", folder / "artifacts", log)
+    db_password = (folder / "home" / "db-password").read_text().strip()
+    running = Server(url, f"postgresql://nucseg_test:{db_password}@127.0.0.1:5432/{name}", folder / "artifacts", log,
+                     folder / "home", {"admin": admin_password})
+    for role in ROLES:
+        running.passwords[role] = secrets.token_urlsafe(12)
+        secret = owner_only_file(folder / f"{role}.secret", running.passwords[role])
+        sh(str(BIN / "nucseg"), "team", "add", role, "--role", role, "--password-file", str(secret), cwd=folder,
+           env=running.env("admin"))
+    yield running
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=60)
     subprocess.run(["runuser", "-u", "postgres", "--", "dropdb", "--if-exists", name], check=False)
+
+
+@pytest.fixture
+def as_admin(tracking_server, monkeypatch) -> Server:
+    """The tracking server, with this test process talking to it as its admin."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", tracking_server.passwords["admin"])
+    return tracking_server
 
 
 def query(server: Server, sql: str) -> list[tuple]:

@@ -27,6 +27,16 @@ def _scoring_params(path: Path) -> dict:
     return {}
 
 
+def _fail_if_refused(err: Exception) -> None:
+    """A request the tracking server refused (401/403) becomes one line naming server, user and
+    the missing permission; any other error goes on."""
+    from nucseg.mlops.access import refusal_message
+
+    message = refusal_message(err)
+    if message:
+        _fail(message)
+
+
 def _run_stage(label: str, stage_run, params: Path, *expected: type[Exception]) -> None:
     """Run a stage on the params file; known failures become one red line and exit status 1."""
     from nucseg import io
@@ -35,7 +45,11 @@ def _run_stage(label: str, stage_run, params: Path, *expected: type[Exception]) 
     try:
         result = stage_run(config.load_params(params))
     except (OSError, io.ImageError, tracking.TrackingUnavailable, *expected) as err:  # OSError: a full disk too
+        _fail_if_refused(err)
         _fail(str(err))
+    except Exception as err:
+        _fail_if_refused(err)
+        raise
     typer.echo(f"{label}: {result}")
 
 
@@ -143,7 +157,11 @@ def score(
             model_uri or loaded.get("score", {}).get("model_uri", stage.CHAMPION_URI)
         result = stage.run(uri, input_dir, output_dir, loaded, geojson=geojson, engine=engine, master=master)
     except (tracking.TrackingUnavailable, stage.ModelUnavailable, OSError, ValueError) as err:
+        _fail_if_refused(err)
         _fail(str(err))
+    except Exception as err:
+        _fail_if_refused(err)
+        raise
     typer.echo(f"scored {len(result.scored)} image(s) into {output_dir}")
     if result.failed:
         for path, problem in result.failed:
@@ -168,8 +186,79 @@ def predict(
         count = stage.predict_one(model_uri or loaded.get("score", {}).get("model_uri", stage.CHAMPION_URI), image,
                                   output_dir)
     except (io.ImageError, tracking.TrackingUnavailable, stage.ModelUnavailable, OSError) as err:
+        _fail_if_refused(err)
         _fail(str(err))
+    except Exception as err:
+        _fail_if_refused(err)
+        raise
     typer.echo(f"{image}: {count} nuclei")
+
+
+team = typer.Typer(no_args_is_help=True, help="Users of the team's tracking server (run as its admin: "
+                   "MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME=admin, MLFLOW_TRACKING_PASSWORD).")
+app.add_typer(team, name="team")
+ROLE_HELP = "reader (views runs and models) | member (also logs runs, registers versions) | promoter (also moves champion)"
+PASSWORD_FILE = typer.Option(None, "--password-file", help="read the password from this file (readable by its "
+                             "owner only) instead of asking for it")
+
+
+def _team():
+    from nucseg.mlops.access import Team
+
+    uri = config.tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        _fail(f"MLFLOW_TRACKING_URI must name the team's tracking server (http://host:port), not {uri}")
+    return Team(uri)
+
+
+def _password(password_file: Optional[Path]) -> str:
+    if password_file is None:
+        return typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        if password_file.stat().st_mode & 0o077:
+            _fail(f"{password_file} may be read by others than its owner: chmod 600 it")
+        password = password_file.read_text().strip()
+    except OSError as err:
+        _fail(f"{password_file}: {err.strerror}")
+    if not password:
+        _fail(f"{password_file} is empty")
+    return password
+
+
+def _as_admin(what: str, call) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        call()
+    except ValueError as err:
+        _fail(str(err))
+    except MlflowException as err:
+        _fail_if_refused(err)
+        _fail(f"{what}: {err.message}")
+    typer.echo(what)
+
+
+@team.command("add")
+def team_add(username: str, role: str = typer.Option(..., "--role", help=ROLE_HELP),
+             password_file: Optional[Path] = PASSWORD_FILE) -> None:
+    """Create a user with a role."""
+    server = _team()
+    _as_admin(f"added {username} as {role} on {server.uri}", lambda: server.add(username, _password(password_file), role))
+
+
+@team.command("role")
+def team_role(username: str, role: str = typer.Argument(..., help=ROLE_HELP)) -> None:
+    """Give an existing user another role."""
+    server = _team()
+    _as_admin(f"{username} is now {role} on {server.uri}", lambda: server.set_role(username, role))
+
+
+@team.command("password")
+def team_password(username: str, password_file: Optional[Path] = PASSWORD_FILE) -> None:
+    """Change a user's password (the admin's own too)."""
+    server = _team()
+    _as_admin(f"changed the password of {username} on {server.uri}",
+              lambda: server.set_password(username, _password(password_file)))
 
 
 if __name__ == "__main__":  # pragma: no cover

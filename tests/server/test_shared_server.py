@@ -1,5 +1,6 @@
 """The team's shared tracking server: a real PostgreSQL database and a real `mlflow server` with
-proxied artifacts, started by the documented script, and the whole pipeline run against it."""
+proxied artifacts and users, started by the documented script; the whole pipeline run against it
+as a member, then promotion as the promoter."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import build_project, pipeline_env, query, sh
+from conftest import BIN, build_project, query, sh
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -15,13 +16,13 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def project_on_server(tracking_server, tmp_path_factory) -> Path:
     project = tmp_path_factory.mktemp("project")
-    env = {**pipeline_env(), "MLFLOW_TRACKING_URI": tracking_server.url}
+    env = tracking_server.env("member")
     build_project(project, env)
     sh("dvc", "repro", cwd=project, env=env)
     return project
 
 
-def test_every_stage_logs_to_the_server(tracking_server, project_on_server):
+def test_a_member_runs_the_pipeline_and_registers_but_moves_no_alias(tracking_server, as_admin, project_on_server):
     import mlflow
 
     client = mlflow.MlflowClient(tracking_server.url, registry_uri=tracking_server.url)
@@ -31,12 +32,33 @@ def test_every_stage_logs_to_the_server(tracking_server, project_on_server):
     assert stages == {"train", "tune", "promote"}
     finished = query(tracking_server, "SELECT count(*) FROM runs WHERE status = 'FINISHED'")[0][0]
     assert finished >= 4  # untuned, tune parent + trials, tuned, promote
-
-    champion = client.get_model_version_by_alias("nucseg-unet", "champion")
     assert query(tracking_server, "SELECT count(*) FROM model_versions WHERE name = 'nucseg-unet'")[0][0] == 2
-    run = client.get_run(champion.run_id)
+    assert client.get_registered_model("nucseg-unet").aliases == {}  # the member may not move them ...
+
+    report = json.loads((project_on_server / "reports" / "promotion.json").read_text())
+    assert report["aliases_moved"] is False
+    assert "member" in report["aliases_refused"] and "promoter" in report["aliases_refused"]
+    assert "run `nucseg promote` as a promoter" in (project_on_server / "reports" / "promotion.md").read_text()
+
+    versions = client.search_model_versions("name = 'nucseg-unet'")
+    run = client.get_run(versions[0].run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied: clients never touch the disk
     assert list(tracking_server.artifacts.rglob("recipe.json"))  # ... which is the server's
-
+    # ... and `score` scored the version the promotion chose
     scored = json.loads((project_on_server / "outputs" / "stage1_test" / "model.json").read_text())
-    assert scored["version"] == str(champion.version)
+    assert scored["version"] == str(report["champion_version"])
+
+
+def test_the_promoter_moves_the_aliases(tracking_server, as_admin, project_on_server):
+    import mlflow
+
+    member_report = json.loads((project_on_server / "reports" / "promotion.json").read_text())
+    sh(str(BIN / "nucseg"), "promote", cwd=project_on_server, env=tracking_server.env("promoter"))
+
+    report = json.loads((project_on_server / "reports" / "promotion.json").read_text())
+    assert report["aliases_moved"] is True and "aliases_refused" not in report
+    assert report["champion_version"] == member_report["champion_version"]  # the same decision, now in force
+    client = mlflow.MlflowClient(tracking_server.url, registry_uri=tracking_server.url)
+    champion = client.get_model_version_by_alias("nucseg-unet", "champion")
+    assert int(champion.version) == report["champion_version"]
+    assert query(tracking_server, "SELECT count(*) FROM model_versions WHERE name = 'nucseg-unet'")[0][0] == 2

@@ -21,7 +21,7 @@ from nucseg import config, io
 from nucseg.config import get_logger
 from nucseg.core.evaluation import load_split_samples
 from nucseg.core.segment import Recipe
-from nucseg.mlops import datasets, tracking
+from nucseg.mlops import access, datasets, tracking
 from nucseg.mlops.registry import (CHALLENGER, CHAMPION, Candidate, Decision, Incumbent, best_val_loss,
                                    current_champion, decide, move_aliases, package, promotion_lock, read_recipe,
                                    read_run_info, register, score_model, source_lineage)
@@ -65,21 +65,40 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
         if incumbent:
             versions.setdefault(incumbent.label, incumbent.version)
         experiment = tracking.dvc_experiment()
+        refused = None
         if experiment:
             log.info("dvc experiment %s: no alias moves; it would make version %s champion", experiment[0],
                      versions[decision.champion])
         else:
-            move_aliases(client, name, versions[decision.champion],
-                         versions[decision.challenger] if decision.challenger else None)
+            refused = try_move_aliases(client, name, versions[decision.champion],
+                                       versions[decision.challenger] if decision.challenger else None)
 
         result = promotion_table(scored, versions, decision, incumbent)
-        result["aliases_moved"] = experiment is None
+        result["aliases_moved"] = experiment is None and refused is None
         if experiment:
             result["dvc_experiment"] = experiment[0]
+        if refused:
+            result["aliases_refused"] = refused
         io.write_json(metrics_path, result)
         io.atomic_write_text(report_path, promotion_markdown(result))
         log_promote_run(result, lineage, metrics_path, report_path, split_path, params)
         return result
+
+
+def try_move_aliases(client, name: str, champion: int, challenger: int | None) -> str | None:
+    """Move the aliases; None, or why the server refused (a member registers versions, only a
+    promoter moves aliases). Refused, nothing has moved: `champion` is the first to move."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        move_aliases(client, name, champion, challenger)
+    except MlflowException as err:
+        refused = access.refusal_message(err)
+        if refused is None:
+            raise
+        log.warning("versions registered, aliases not moved: %s", refused)
+        return refused
+    return None
 
 
 def promotion_table(scored: list[Candidate], versions: dict[str, int], decision: Decision,
@@ -115,9 +134,11 @@ def promotion_markdown(table: dict[str, Any]) -> str:
     outcome = (f"**Champion:** {_who(table['champion'], table['champion_version'])}; "
                f"**challenger:** {_who(table['challenger'], table['challenger_version'])}.")
     if not table.get("aliases_moved", True):
-        outcome = (f"DVC experiment `{table.get('dvc_experiment')}`: no alias moved. It would make "
-                   f"{_who(table['champion'], table['champion_version'])} champion and "
-                   f"{_who(table['challenger'], table['challenger_version'])} challenger.")
+        why = (f"DVC experiment `{table.get('dvc_experiment')}`" if "dvc_experiment" in table else
+               f"The tracking server refused to move aliases ({table['aliases_refused']}); run `nucseg promote` "
+               "as a promoter to move them")
+        outcome = (f"{why}: no alias moved. It would make {_who(table['champion'], table['champion_version'])} "
+                   f"champion and {_who(table['challenger'], table['challenger_version'])} challenger.")
     lines = ["# Promotion: tuned vs untuned", "", "Scored on the `test` split, which chose nothing before this.", "",
              _row(header), _row(["---"] * len(header)), *map(_row, rows), "", outcome, "",
              f"**Why:** {table['reason']}.", ""]

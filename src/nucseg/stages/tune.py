@@ -32,13 +32,15 @@ the oracle and serves it over gRPC at `oracle` (host:port), opens the parent run
 workers are done, writes the results and trains the tuned model as a single-process search
 does. Workers (`role="worker"`, on any machine that reaches the oracle and the tracking server)
 ask it for trials and log each as a nested run under the chief's parent run, which they find by
-its `tune.oracle_port` tag. The budget is the chief's, since its oracle enforces it. Hyperband
-continues trials from other trials' checkpoints, so its workers need the tuner directory on a
-shared filesystem; Bayesian optimisation does not.
+its `tune.oracle_port` tag. The budget is the chief's, since its oracle enforces it. A worker
+the chief has not heard from for `tune.worker_timeout` seconds is dropped and its trial failed
+(`mlops.distributed_search`). Hyperband continues trials from other trials' checkpoints, so its
+workers need the tuner directory on a shared filesystem; Bayesian optimisation does not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -68,6 +70,7 @@ from nucseg.core.data import CropDataset, validation_crops_from_params  # noqa: 
 from nucseg.core.evaluation import evaluate_model  # noqa: E402
 from nucseg.core.segment import Recipe  # noqa: E402
 from nucseg.mlops import datasets, tracking  # noqa: E402
+from nucseg.mlops.distributed_search import Heartbeat, LivenessOracleMixin, fail_trial_run, watch_workers  # noqa: E402
 from nucseg.mlops.logged_models import MlflowLive, log_keras_model  # noqa: E402
 
 # Tunable name -> the params section whose value it replaces.
@@ -80,7 +83,7 @@ VAL_METRICS = ("val_dsb", "val_loss", "val_iou", "val_dice")
 TRIAL_TRAIN_KEYS = ("seed", "crop_size", "batch_size", "border_loss_weight", "val_crops", "modality_balance",
                     "type_balance")
 # tune keys a resumed search may change: they limit the search but do not change its trials.
-RESUMABLE_TUNE_KEYS = ("max_minutes", "retrain", "max_trials")
+RESUMABLE_TUNE_KEYS = ("max_minutes", "retrain", "max_trials", "worker_timeout")
 # The metric promotion uses (DSB of whole val images after post-processing), not val_loss: the
 # loss weights are searched too, and a loss scaled by smaller weights would look better
 # without the model being any better.
@@ -170,11 +173,11 @@ class BudgetedOracleMixin:
         return super().create_trial(tuner_id)
 
 
-class BudgetedHyperbandOracle(BudgetedOracleMixin, kt.oracles.HyperbandOracle):
+class BudgetedHyperbandOracle(LivenessOracleMixin, BudgetedOracleMixin, kt.oracles.HyperbandOracle):
     pass
 
 
-class BudgetedBayesianOracle(BudgetedOracleMixin, kt.oracles.BayesianOptimizationOracle):
+class BudgetedBayesianOracle(LivenessOracleMixin, BudgetedOracleMixin, kt.oracles.BayesianOptimizationOracle):
     pass
 
 
@@ -185,8 +188,15 @@ class MlflowTrialMixin:
 
     parent_run_id: str | None = None
     trials_run = 0
+    heartbeat_seconds = 0.0  # a worker of a distributed search tells the chief it is alive this often
 
     def run_trial(self, trial, *args, **kwargs):
+        """The trial; a distributed worker tells the chief it is alive all along."""
+        with Heartbeat(self.oracle, trial.trial_id, self.heartbeat_seconds) if self.heartbeat_seconds \
+                else contextlib.nullcontext():
+            return self._run_tracked_trial(trial, *args, **kwargs)
+
+    def _run_tracked_trial(self, trial, *args, **kwargs):
         """The trial, in its nested run if the tracking store takes one: a store that does not
         answer costs the trial its MLflow run (with a warning naming it), never the search."""
         import mlflow
@@ -535,7 +545,14 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
             log.info("tune: chief serving the oracle on %s; start workers with `nucseg tune --role worker "
                      "--oracle <this host>:%s`", oracle, oracle.rpartition(":")[2])
         tuner.parent_run_id = parent.info.run_id
-        run_search(tuner, params, *samples)
+        watchdog = watch_workers(tuner.oracle, float(params["tune"]["worker_timeout"]),
+                                 lambda worker, trial: fail_trial_run(parent.info.run_id, worker, trial)) \
+            if role == "chief" else None
+        try:
+            run_search(tuner, params, *samples)
+        finally:
+            if watchdog:
+                watchdog.set()
         minutes = round((time.monotonic() - started) / 60, 2)
         best = best_trial(tuner)
         values = space_values(best, params["tune"]["space"])
@@ -559,6 +576,7 @@ def run_worker(params: dict[str, Any], tuner_dir: Path, samples: tuple[list, lis
     tuner = make_tuner(params, tuner_dir, overwrite=False, deadline=math.inf,  # the chief's oracle keeps time
                        val_samples=val_images)
     tuner.parent_run_id = parent_run_id
+    tuner.heartbeat_seconds = float(params["tune"]["worker_timeout"]) / 4
     log.info("tune: %s joined the search of parent run %s", tuner_id, parent_run_id)
     run_search(tuner, params, *samples)
     return {"role": "worker", "tuner_id": tuner_id, "parent_run_id": parent_run_id, "trials_run": tuner.trials_run}

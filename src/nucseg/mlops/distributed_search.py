@@ -1,0 +1,147 @@
+"""A distributed Keras Tuner search that survives a dead worker.
+
+Keras Tuner's chief ends only when no trial is running and every worker it has seen has been
+told that the search is over: a worker that dies mid-trial keeps it waiting forever. Here a
+worker says it is alive while it runs a trial (`Heartbeat`: a cheap GetTrial call to the chief
+every few seconds, the network's and the val scoring's time included), the chief's oracle notes
+when it last heard from each worker (`LivenessOracleMixin`), and a watchdog thread on the chief
+drops a worker silent for longer than the timeout: its trial ends FAILED (in the oracle, so the
+trials table says so, and in its MLflow run) and the chief waits for it no more.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import keras_tuner as kt
+from keras_tuner.engine.trial import Trial, TrialStatus
+
+from nucseg.config import get_logger
+
+log = get_logger("nucseg.tune")
+
+
+class LivenessOracleMixin:
+    """The chief's oracle, hearing from workers through their requests. Comes before the
+    keras-tuner oracle class in the bases."""
+
+    def _liveness(self) -> tuple[dict[str, float], set[str]]:
+        """(when each worker was last heard from, trials dropped with their worker)."""
+        return self.__dict__.setdefault("_last_seen", {}), self.__dict__.setdefault("_dropped_trials", set())
+
+    def _heard_from(self, tuner_id: str) -> None:
+        self._liveness()[0][tuner_id] = time.monotonic()
+
+    def _heard_about(self, trial_id: str) -> None:
+        for tuner_id, trial in self.ongoing_trials.items():
+            if trial.trial_id == trial_id:
+                self._heard_from(tuner_id)
+
+    @kt.synchronized
+    def create_trial(self, tuner_id):
+        self._heard_from(tuner_id)
+        return super().create_trial(tuner_id)
+
+    @kt.synchronized
+    def update_trial(self, trial_id, metrics, step=0):
+        self._heard_about(trial_id)
+        return super().update_trial(trial_id, metrics, step=step)
+
+    @kt.synchronized
+    def get_trial(self, trial_id):
+        self._heard_about(trial_id)
+        return super().get_trial(trial_id)
+
+    @kt.synchronized
+    def end_trial(self, trial):
+        if trial.trial_id in self._liveness()[1]:
+            log.warning("tune: trial %s came back after its worker was dropped; it stays failed", trial.trial_id)
+            return
+        self._heard_about(trial.trial_id)
+        super().end_trial(trial)
+
+    @kt.synchronized
+    def drop_silent_workers(self, timeout: float, now: float | None = None) -> list[tuple[str, Trial | None]]:
+        """Forget workers not heard from for over `timeout` seconds, ending their trials FAILED;
+        returns (worker, its trial or None) for each."""
+        last_seen, dropped_trials = self._liveness()
+        now = time.monotonic() if now is None else now
+        dropped = []
+        for tuner_id in sorted(self.tuner_ids):
+            silent = now - last_seen.setdefault(tuner_id, now)
+            if silent <= timeout:
+                continue
+            trial = self.ongoing_trials.get(tuner_id)
+            self.tuner_ids.discard(tuner_id)
+            if trial is not None:
+                trial.status = TrialStatus.FAILED
+                trial.message = f"worker {tuner_id} stopped answering ({silent:.0f} s without a word, timeout {timeout:.0f} s)"
+                super().end_trial(trial)  # also takes it out of the running trials
+                dropped_trials.add(trial.trial_id)
+            log.warning("tune: dropped worker %s, silent for %.0f s (timeout %.0f s)%s", tuner_id, silent, timeout,
+                        f"; its trial {trial.trial_id} failed" if trial else "")
+            dropped.append((tuner_id, trial))
+        return dropped
+
+
+class Heartbeat:
+    """While a worker runs a trial, a daemon thread asks the chief for that trial every
+    `interval` seconds, so the chief hears from it however long an epoch or the scoring takes."""
+
+    def __init__(self, oracle, trial_id: str, interval: float):
+        self.oracle, self.trial_id, self.interval = oracle, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.oracle.get_trial(self.trial_id)
+            except Exception as err:  # noqa: BLE001 - a missed beat must not end the trial
+                log.warning("tune: the chief did not answer trial %s's heartbeat (%s)", self.trial_id, type(err).__name__)
+
+
+def watch_workers(oracle: LivenessOracleMixin, timeout: float,
+                  on_dropped: Callable[[str, Trial | None], None]) -> threading.Event:
+    """Start the chief's watchdog; set the returned event to stop it."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(max(timeout / 4, 0.5)):
+            for tuner_id, trial in oracle.drop_silent_workers(timeout):
+                on_dropped(tuner_id, trial)
+
+    threading.Thread(target=watch, name="tune-watchdog", daemon=True).start()
+    return stop
+
+
+def fail_trial_run(parent_run_id: str, tuner_id: str, trial: Trial | None) -> None:
+    """Mark the dropped trial's MLflow run FAILED (its worker cannot), with the reason as a tag."""
+    import mlflow
+
+    if trial is None:
+        return
+    client = mlflow.MlflowClient()
+    try:
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        # by name, not by its tags: the worker may have died before it tagged the run
+        runs = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+                                                   f"attributes.run_name = 'trial-{trial.trial_id}' and "
+                                                   "attributes.status = 'RUNNING'")
+        for run in runs:
+            client.set_tag(run.info.run_id, "tuner_id", tuner_id)
+            client.set_tag(run.info.run_id, "failure", trial.message)
+            client.set_terminated(run.info.run_id, "FAILED")
+    except Exception as err:  # noqa: BLE001 - the search goes on; the trials table says it failed
+        log.warning("tune: could not mark trial %s's MLflow run failed (%s: %s)", trial.trial_id,
+                    type(err).__name__, err)

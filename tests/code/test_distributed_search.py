@@ -1,0 +1,77 @@
+"""A dead worker of a distributed search: dropped by the chief's oracle after its timeout, its
+trial failed; a worker that keeps talking is kept. Real Keras Tuner oracles, no gRPC."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+
+import keras_tuner as kt
+from keras_tuner.engine.trial import TrialStatus
+
+from nucseg.mlops.distributed_search import Heartbeat, LivenessOracleMixin
+
+
+class Oracle(LivenessOracleMixin, kt.oracles.RandomSearchOracle):
+    pass
+
+
+def oracle_with_two_trials(tmp_path):
+    oracle = Oracle(objective=kt.Objective("val_dsb", "max"), max_trials=10, seed=0)
+    oracle._set_project_dir(str(tmp_path), "search")
+    hp = kt.HyperParameters()
+    hp.Float("dropout", 0.0, 0.3)
+    oracle.update_space(hp)
+    return oracle, oracle.create_trial("worker-a"), oracle.create_trial("worker-b")
+
+
+def test_a_silent_worker_is_dropped_and_its_trial_fails(tmp_path):
+    oracle, trial_a, trial_b = oracle_with_two_trials(tmp_path)
+    heard = time.monotonic()
+    assert oracle.drop_silent_workers(timeout=10, now=heard + 5) == []  # not silent long enough
+
+    time.sleep(0.3)
+    oracle.get_trial(trial_b.trial_id)  # worker b's heartbeat, 0.3 s after worker a was last heard from
+    dropped = oracle.drop_silent_workers(timeout=10, now=time.monotonic() + 9.9)
+    assert [(worker, trial.trial_id) for worker, trial in dropped] == [("worker-a", trial_a.trial_id)]
+    assert oracle.trials[trial_a.trial_id].status == TrialStatus.FAILED
+    assert "worker-a stopped answering" in oracle.trials[trial_a.trial_id].message
+    assert oracle.tuner_ids == {"worker-b"} and list(oracle.ongoing_trials) == ["worker-b"]
+
+    late = copy.deepcopy(oracle.trials[trial_a.trial_id])  # as it comes over gRPC: a copy
+    late.status = TrialStatus.COMPLETED  # the dropped worker comes back after all
+    oracle.end_trial(late)
+    assert oracle.trials[trial_a.trial_id].status == TrialStatus.FAILED
+
+
+def test_a_worker_between_trials_is_dropped_without_a_trial(tmp_path):
+    oracle, _, trial_b = oracle_with_two_trials(tmp_path)
+    trial_b.status = TrialStatus.COMPLETED
+    oracle.update_trial(trial_b.trial_id, {"val_dsb": 0.5})
+    oracle.end_trial(trial_b)
+    dropped = oracle.drop_silent_workers(timeout=1, now=time.monotonic() + 60)
+    assert sorted((worker, trial is None) for worker, trial in dropped) == [("worker-a", False), ("worker-b", True)]
+    assert not oracle.tuner_ids and not oracle.ongoing_trials  # the chief waits for no one
+
+
+class CountingOracle:
+    """Stands in for the gRPC client of the chief's oracle: counts GetTrial calls per trial."""
+
+    def __init__(self):
+        self.calls = []
+        self.lock = threading.Lock()
+
+    def get_trial(self, trial_id):
+        with self.lock:
+            self.calls.append(trial_id)
+
+
+def test_the_heartbeat_beats_during_a_trial_only():
+    oracle = CountingOracle()
+    with Heartbeat(oracle, "0007", interval=0.02):
+        time.sleep(0.3)
+    beats = len(oracle.calls)
+    time.sleep(0.1)
+    assert beats >= 5 and set(oracle.calls) == {"0007"}
+    assert len(oracle.calls) == beats  # stopped with the trial
