@@ -10,7 +10,8 @@ import time
 import keras_tuner as kt
 from keras_tuner.engine.trial import TrialStatus
 
-from nucseg.mlops.distributed_search import Heartbeat, LivenessOracleMixin
+from nucseg.mlops.distributed_search import Heartbeat, LivenessOracleMixin, watch_workers
+from nucseg.stages.tune import BudgetedOracleMixin
 
 
 class Oracle(LivenessOracleMixin, kt.oracles.RandomSearchOracle):
@@ -75,3 +76,40 @@ def test_the_heartbeat_beats_during_a_trial_only():
     time.sleep(0.1)
     assert beats >= 5 and set(oracle.calls) == {"0007"}
     assert len(oracle.calls) == beats  # stopped with the trial
+
+
+class BudgetedOracle(LivenessOracleMixin, BudgetedOracleMixin, kt.oracles.RandomSearchOracle):
+    pass
+
+
+def test_a_chief_whose_workers_all_died_ends_on_its_budget(tmp_path, monkeypatch):
+    """Keras Tuner's real chief service (gRPC) and the pipeline's budgeted oracle: one trial
+    completed, its worker then gone, the budget spent; the watchdog ends the search."""
+    from keras_tuner.src.distribute import oracle_chief
+
+    from conftest import free_port
+
+    port = free_port()
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(port))
+    oracle = BudgetedOracle(objective=kt.Objective("val_dsb", "max"), max_trials=10, seed=0)
+    oracle._set_project_dir(str(tmp_path), "search")
+    hp = kt.HyperParameters()
+    hp.Float("dropout", 0.0, 0.3)
+    oracle.update_space(hp)
+    trial = oracle.create_trial("worker-a")
+    oracle.update_trial(trial.trial_id, {"val_dsb": 0.4})
+    trial.status = TrialStatus.COMPLETED
+    oracle.end_trial(trial)
+    oracle.deadline = time.monotonic()  # spent
+
+    served = threading.Thread(target=oracle_chief.start_server, args=(oracle,), daemon=True)
+    served.start()
+    assert not oracle.abandoned()  # worker a may still ask for its next trial
+    dropped = []
+    stop = watch_workers(oracle, timeout=1.0, on_dropped=lambda worker, t: dropped.append((worker, t)),
+                         oracle_address=f"127.0.0.1:{port}")
+    served.join(timeout=60)
+    stop.set()
+    assert not served.is_alive(), "the chief still serves a search nobody works on"
+    assert dropped == [("worker-a", None)]

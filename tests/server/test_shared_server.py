@@ -38,7 +38,7 @@ def test_a_member_runs_the_pipeline_and_registers_but_moves_no_alias(tracking_se
     report = json.loads((project_on_server / "reports" / "promotion.json").read_text())
     assert report["aliases_moved"] is False
     assert "member" in report["aliases_refused"] and "promoter" in report["aliases_refused"]
-    assert "run `nucseg promote` as a promoter" in (project_on_server / "reports" / "promotion.md").read_text()
+    assert "A promoter moves them with `nucseg promote`" in (project_on_server / "reports" / "promotion.md").read_text()
 
     versions = client.search_model_versions("name = 'nucseg-unet'")
     run = client.get_run(versions[0].run_id)

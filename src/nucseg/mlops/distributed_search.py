@@ -85,6 +85,27 @@ class LivenessOracleMixin:
             dropped.append((tuner_id, trial))
         return dropped
 
+    @kt.synchronized
+    def abandoned(self) -> bool:
+        """No worker left, none running a trial, the budget spent and a trial completed: a request
+        for a trial is then answered "stopped" (see `stages.tune.BudgetedOracleMixin`)."""
+        finished = any(trial.status == TrialStatus.COMPLETED for trial in self.trials.values())
+        return (bool(self._liveness()[0]) and not self.tuner_ids and not self.ongoing_trials and finished
+                and time.monotonic() >= getattr(self, "deadline", float("inf")))
+
+
+WATCHDOG = "chief-watchdog"
+
+
+def ask_for_a_trial(oracle_address: str) -> None:
+    """A CreateTrial request to the chief's oracle, as a worker sends it."""
+    import grpc
+    from keras_tuner.src import protos
+
+    with grpc.insecure_channel(oracle_address.replace("0.0.0.0", "127.0.0.1")) as channel:
+        protos.get_service_grpc().OracleStub(channel).CreateTrial(
+            protos.get_service().CreateTrialRequest(tuner_id=WATCHDOG), wait_for_ready=True, timeout=60)
+
 
 class Heartbeat:
     """While a worker runs a trial, a daemon thread asks the chief for that trial every
@@ -111,15 +132,22 @@ class Heartbeat:
                 log.warning("tune: the chief did not answer trial %s's heartbeat (%s)", self.trial_id, type(err).__name__)
 
 
-def watch_workers(oracle: LivenessOracleMixin, timeout: float,
-                  on_dropped: Callable[[str, Trial | None], None]) -> threading.Event:
-    """Start the chief's watchdog; set the returned event to stop it."""
+def watch_workers(oracle: LivenessOracleMixin, timeout: float, on_dropped: Callable[[str, Trial | None], None],
+                  oracle_address: str) -> threading.Event:
+    """Start the chief's watchdog; set the returned event to stop it. When every worker is gone
+    and the budget (the oracle's `deadline`) is spent, it ends the search itself: Keras Tuner's
+    chief stops only once some worker has asked for a trial and been told no, so the watchdog
+    asks, over the chief's own gRPC service, as a worker would."""
     stop = threading.Event()
 
     def watch() -> None:
         while not stop.wait(max(timeout / 4, 0.5)):
             for tuner_id, trial in oracle.drop_silent_workers(timeout):
                 on_dropped(tuner_id, trial)
+            if oracle.abandoned():
+                log.warning("tune: every worker is gone and the budget is spent; ending the search")
+                ask_for_a_trial(oracle_address)
+                return
 
     threading.Thread(target=watch, name="tune-watchdog", daemon=True).start()
     return stop

@@ -134,10 +134,9 @@ def promotion_markdown(table: dict[str, Any]) -> str:
     outcome = (f"**Champion:** {_who(table['champion'], table['champion_version'])}; "
                f"**challenger:** {_who(table['challenger'], table['challenger_version'])}.")
     if not table.get("aliases_moved", True):
-        why = (f"DVC experiment `{table.get('dvc_experiment')}`" if "dvc_experiment" in table else
-               f"The tracking server refused to move aliases ({table['aliases_refused']}); run `nucseg promote` "
-               "as a promoter to move them")
-        outcome = (f"{why}: no alias moved. It would make {_who(table['champion'], table['champion_version'])} "
+        lead = (f"DVC experiment `{table['dvc_experiment']}`: no alias moved." if "dvc_experiment" in table else
+                f"No alias moved: {table['aliases_refused']}. A promoter moves them with `nucseg promote`.")
+        outcome = (f"{lead} It would make {_who(table['champion'], table['champion_version'])} "
                    f"champion and {_who(table['challenger'], table['challenger_version'])} challenger.")
     lines = ["# Promotion: tuned vs untuned", "", "Scored on the `test` split, which chose nothing before this.", "",
              _row(header), _row(["---"] * len(header)), *map(_row, rows), "", outcome, "",

@@ -546,7 +546,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
                      "--oracle <this host>:%s`", oracle, oracle.rpartition(":")[2])
         tuner.parent_run_id = parent.info.run_id
         watchdog = watch_workers(tuner.oracle, float(params["tune"]["worker_timeout"]),
-                                 lambda worker, trial: fail_trial_run(parent.info.run_id, worker, trial)) \
+                                 lambda worker, trial: fail_trial_run(parent.info.run_id, worker, trial), oracle) \
             if role == "chief" else None
         try:
             run_search(tuner, params, *samples)
