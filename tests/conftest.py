@@ -219,14 +219,14 @@ def owner_only_file(path: Path, text: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tracking_server(tmp_path_factory):
-    """`scripts/tracking-server` with a database of its own (created, then dropped), users on:
+    """`scripts/tracking-server` with a database and role of its own (created, then dropped), users on:
     the admin's password from an owner-only file, one user per role made with `nucseg team add`."""
     import secrets
 
     folder = tmp_path_factory.mktemp("server")
     port, name = free_port(), f"nucseg_test_{os.getpid()}"
     admin_password = secrets.token_urlsafe(16)
-    env = {**pipeline_env(), "NUCSEG_DB_NAME": name, "NUCSEG_DB_USER": "nucseg_test",
+    env = {**pipeline_env(), "NUCSEG_DB_NAME": name, "NUCSEG_DB_USER": name,
            "NUCSEG_ADMIN_PASSWORD_FILE": str(owner_only_file(folder / "admin.secret", admin_password)),
            "NUCSEG_SERVER_HOME": str(folder / "home"),
            "NUCSEG_ARTIFACTS": str(folder / "artifacts"), "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "2"}
@@ -238,7 +238,7 @@ def tracking_server(tmp_path_factory):
     wait_until_up(f"{url}/health", server, log, "scripts/tracking-server (PostgreSQL + mlflow server)", timeout=180)
     sys.__stdout__.write(f"\n{log.read_text()}")  # CI's output shows PostgreSQL and the server starting
     db_password = (folder / "home" / "db-password").read_text().strip()
-    running = Server(url, f"postgresql://nucseg_test:{db_password}@127.0.0.1:5432/{name}", folder / "artifacts", log,
+    running = Server(url, f"postgresql://{name}:{db_password}@127.0.0.1:5432/{name}", folder / "artifacts", log,
                      folder / "home", {"admin": admin_password})
     for role in ROLES:
         running.passwords[role] = secrets.token_urlsafe(12)
@@ -248,7 +248,8 @@ def tracking_server(tmp_path_factory):
     yield running
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=60)
-    subprocess.run(["runuser", "-u", "postgres", "--", "dropdb", "--if-exists", name], check=False)
+    for drop in ("dropdb", "dropuser"):
+        subprocess.run(["runuser", "-u", "postgres", "--", drop, "--if-exists", name], check=False)
 
 
 @pytest.fixture

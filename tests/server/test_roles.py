@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 import requests
-from conftest import BIN, ROOT, free_port, pipeline_env
+from conftest import BIN, ROOT, free_port, pipeline_env, write_synthetic_prepared
 
 pytestmark = pytest.mark.server
 
@@ -84,6 +84,12 @@ def test_a_refusal_is_one_line_naming_server_user_and_permission(tracking_server
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"MLflow tracking server {tracking_server.url} refused the password of user 'reader' (401)" in result.stderr
     assert "MLFLOW_TRACKING_USERNAME" in result.stderr
+
+    write_synthetic_prepared(tmp_path / "artifacts")
+    reader = nucseg("train", env=tracking_server.env("reader"), cwd=tmp_path)
+    assert reader.returncode == 1 and "Traceback" not in reader.stderr
+    assert (f"MLflow tracking server {tracking_server.url} refused a request (403): user 'reader' needs EDIT on "
+            "experiment 'nucseg' (the member role)") in reader.stderr
 
     (tmp_path / "in").mkdir()
     imsave(tmp_path / "in" / "cells.png", np.zeros((32, 32), np.uint8), check_contrast=False)
