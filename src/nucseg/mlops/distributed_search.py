@@ -122,7 +122,7 @@ class Heartbeat:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=1)  # a beat stuck on a chief that went away must not hold up the trial
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
