@@ -32,10 +32,11 @@ def test_a_member_runs_the_pipeline_and_registers_but_moves_no_alias(tracking_se
     assert stages == {"train", "tune", "promote"}
     finished = query(tracking_server, "SELECT count(*) FROM runs WHERE status = 'FINISHED'")[0][0]
     assert finished >= 4  # untuned, tune parent + trials, tuned, promote
-    assert query(tracking_server, "SELECT count(*) FROM model_versions WHERE name = 'nucseg-unet'")[0][0] == 2
+    report = json.loads((project_on_server / "reports" / "promotion.json").read_text())
+    assert sorted(pipeline_versions(client, report)) == sorted(c["version"] for c in report["candidates"].values())
+    assert len(pipeline_versions(client, report)) == 2  # each candidate registered once
     assert client.get_registered_model("nucseg-unet").aliases == {}  # the member may not move them ...
 
-    report = json.loads((project_on_server / "reports" / "promotion.json").read_text())
     assert report["aliases_moved"] is False
     assert "member" in report["aliases_refused"] and "promoter" in report["aliases_refused"]
     assert "A promoter moves them with `nucseg promote`" in (project_on_server / "reports" / "promotion.md").read_text()
@@ -53,12 +54,19 @@ def test_the_promoter_moves_the_aliases(tracking_server, as_admin, project_on_se
     import mlflow
 
     member_report = json.loads((project_on_server / "reports" / "promotion.json").read_text())
+    client = mlflow.MlflowClient(tracking_server.url, registry_uri=tracking_server.url)
+    registered = len(client.search_model_versions("name = 'nucseg-unet'"))
     sh(str(BIN / "nucseg"), "promote", cwd=project_on_server, env=tracking_server.env("promoter"))
 
     report = json.loads((project_on_server / "reports" / "promotion.json").read_text())
     assert report["aliases_moved"] is True and "aliases_refused" not in report
     assert report["champion_version"] == member_report["champion_version"]  # the same decision, now in force
-    client = mlflow.MlflowClient(tracking_server.url, registry_uri=tracking_server.url)
     champion = client.get_model_version_by_alias("nucseg-unet", "champion")
     assert int(champion.version) == report["champion_version"]
-    assert query(tracking_server, "SELECT count(*) FROM model_versions WHERE name = 'nucseg-unet'")[0][0] == 2
+    assert len(client.search_model_versions("name = 'nucseg-unet'")) == registered  # the member's versions, reused
+
+
+def pipeline_versions(client, report) -> list[int]:
+    """Registry versions made from this pipeline's runs (other tests register on the same server)."""
+    runs = {candidate["run_id"] for candidate in report["candidates"].values()}
+    return [int(v.version) for v in client.search_model_versions("name = 'nucseg-unet'") if v.run_id in runs]
