@@ -113,3 +113,19 @@ def test_a_chief_whose_workers_all_died_ends_on_its_budget(tmp_path, monkeypatch
     stop.set()
     assert not served.is_alive(), "the chief still serves a search nobody works on"
     assert dropped == [("worker-a", None)]
+    assert not oracle.abandoned()  # told to stop: nothing more to end
+
+
+def test_a_search_that_ended_normally_is_not_abandoned(tmp_path):
+    oracle = BudgetedOracle(objective=kt.Objective("val_dsb", "max"), max_trials=10, seed=0)
+    oracle._set_project_dir(str(tmp_path), "search")
+    hp = kt.HyperParameters()
+    hp.Float("dropout", 0.0, 0.3)
+    oracle.update_space(hp)
+    trial = oracle.create_trial("worker-a")
+    trial.status = TrialStatus.COMPLETED
+    oracle.update_trial(trial.trial_id, {"val_dsb": 0.4})
+    oracle.end_trial(trial)
+    oracle.deadline = time.monotonic()
+    assert oracle.create_trial("worker-a").status == TrialStatus.STOPPED  # the worker hears the search is over
+    assert not oracle.tuner_ids and not oracle.abandoned()

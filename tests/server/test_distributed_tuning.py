@@ -71,7 +71,7 @@ def test_a_dead_worker_is_dropped_and_the_search_ends(tracking_server, as_admin,
 
     timeout = 8
     write_synthetic_prepared(tmp_path / "artifacts")
-    params = tiny_tune_params(algorithm="hyperband", max_epochs=4, hyperband_factor=2, max_minutes=1,
+    params = tiny_tune_params(algorithm="hyperband", max_epochs=4, hyperband_factor=2, max_minutes=0.5,
                               worker_timeout=timeout, steps_per_epoch=20)  # trials of a few seconds
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = tracking_server.env("member")

@@ -42,7 +42,10 @@ class LivenessOracleMixin:
     @kt.synchronized
     def create_trial(self, tuner_id):
         self._heard_from(tuner_id)
-        return super().create_trial(tuner_id)
+        trial = super().create_trial(tuner_id)
+        if trial.status == TrialStatus.STOPPED:
+            self.__dict__["_told_to_stop"] = True  # the chief's service now ends once no one is left
+        return trial
 
     @kt.synchronized
     def update_trial(self, trial_id, metrics, step=0):
@@ -87,10 +90,12 @@ class LivenessOracleMixin:
 
     @kt.synchronized
     def abandoned(self) -> bool:
-        """No worker left, none running a trial, the budget spent and a trial completed: a request
-        for a trial is then answered "stopped" (see `stages.tune.BudgetedOracleMixin`)."""
+        """No worker left and none told that the search is over, none running a trial, the budget
+        spent and a trial completed: a request for a trial is then answered "stopped" (see
+        `stages.tune.BudgetedOracleMixin`)."""
         finished = any(trial.status == TrialStatus.COMPLETED for trial in self.trials.values())
-        return (bool(self._liveness()[0]) and not self.tuner_ids and not self.ongoing_trials and finished
+        return (bool(self._liveness()[0]) and not self.__dict__.get("_told_to_stop") and not self.tuner_ids
+                and not self.ongoing_trials and finished
                 and time.monotonic() >= getattr(self, "deadline", float("inf")))
 
 
