@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -37,19 +38,27 @@ def _fail_if_refused(err: Exception) -> None:
         _fail(message)
 
 
-def _run_stage(label: str, stage_run, params: Path, *expected: type[Exception]) -> None:
-    """Run a stage on the params file; known failures become one red line and exit status 1."""
-    from nucseg import io
-    from nucseg.mlops import tracking
-
+@contextmanager
+def _one_line_errors(*expected: type[Exception]) -> Iterator[None]:
+    """`expected` failures and refusals by the tracking server become one red line and exit
+    status 1; anything else keeps its traceback."""
     try:
-        result = stage_run(config.load_params(params))
-    except (OSError, io.ImageError, tracking.TrackingUnavailable, *expected) as err:  # OSError: a full disk too
+        yield
+    except expected as err:
         _fail_if_refused(err)
         _fail(str(err))
     except Exception as err:
         _fail_if_refused(err)
         raise
+
+
+def _run_stage(label: str, stage_run, params: Path, *expected: type[Exception]) -> None:
+    """Run a stage on the params file; known failures become one red line and exit status 1."""
+    from nucseg import io
+    from nucseg.mlops import tracking
+
+    with _one_line_errors(OSError, io.ImageError, tracking.TrackingUnavailable, *expected):  # OSError: a full disk too
+        result = stage_run(config.load_params(params))
     typer.echo(f"{label}: {result}")
 
 
@@ -152,16 +161,10 @@ def score(
     loaded = _scoring_params(params)
     if model_uri and promotion:
         _fail("give --model-uri or --promotion, not both")
-    try:
+    with _one_line_errors(tracking.TrackingUnavailable, stage.ModelUnavailable, OSError, ValueError):
         uri = stage.promoted_model_uri(promotion) if promotion else \
             model_uri or loaded.get("score", {}).get("model_uri", stage.CHAMPION_URI)
         result = stage.run(uri, input_dir, output_dir, loaded, geojson=geojson, engine=engine, master=master)
-    except (tracking.TrackingUnavailable, stage.ModelUnavailable, OSError, ValueError) as err:
-        _fail_if_refused(err)
-        _fail(str(err))
-    except Exception as err:
-        _fail_if_refused(err)
-        raise
     typer.echo(f"scored {len(result.scored)} image(s) into {output_dir}")
     if result.failed:
         for path, problem in result.failed:
@@ -182,15 +185,9 @@ def predict(
     from nucseg.stages import score as stage
 
     loaded = _scoring_params(params)
-    try:
+    with _one_line_errors(io.ImageError, tracking.TrackingUnavailable, stage.ModelUnavailable, OSError):
         count = stage.predict_one(model_uri or loaded.get("score", {}).get("model_uri", stage.CHAMPION_URI), image,
                                   output_dir)
-    except (io.ImageError, tracking.TrackingUnavailable, stage.ModelUnavailable, OSError) as err:
-        _fail_if_refused(err)
-        _fail(str(err))
-    except Exception as err:
-        _fail_if_refused(err)
-        raise
     typer.echo(f"{image}: {count} nuclei")
 
 
@@ -228,13 +225,8 @@ def _password(password_file: Optional[Path]) -> str:
 def _as_admin(what: str, call) -> None:
     from mlflow.exceptions import MlflowException
 
-    try:
+    with _one_line_errors(ValueError, MlflowException):
         call()
-    except ValueError as err:
-        _fail(str(err))
-    except MlflowException as err:
-        _fail_if_refused(err)
-        _fail(f"{what}: {err.message}")
     typer.echo(what)
 
 
