@@ -18,12 +18,28 @@ class Oracle(LivenessOracleMixin, kt.oracles.RandomSearchOracle):
     pass
 
 
-def oracle_with_two_trials(tmp_path):
-    oracle = Oracle(objective=kt.Objective("val_dsb", "max"), max_trials=10, seed=0)
+class BudgetedOracle(LivenessOracleMixin, BudgetedOracleMixin, kt.oracles.RandomSearchOracle):
+    pass
+
+
+def new_oracle(tmp_path, kind=Oracle):
+    oracle = kind(objective=kt.Objective("val_dsb", "max"), max_trials=10, seed=0)
     oracle._set_project_dir(str(tmp_path), "search")
     hp = kt.HyperParameters()
     hp.Float("dropout", 0.0, 0.3)
     oracle.update_space(hp)
+    return oracle
+
+
+def complete(oracle, trial, val_dsb: float) -> None:
+    """End `trial` as its worker does when it finished."""
+    oracle.update_trial(trial.trial_id, {"val_dsb": val_dsb})
+    trial.status = TrialStatus.COMPLETED
+    oracle.end_trial(trial)
+
+
+def oracle_with_two_trials(tmp_path):
+    oracle = new_oracle(tmp_path)
     return oracle, oracle.create_trial("worker-a"), oracle.create_trial("worker-b")
 
 
@@ -48,9 +64,7 @@ def test_a_silent_worker_is_dropped_and_its_trial_fails(tmp_path):
 
 def test_a_worker_between_trials_is_dropped_without_a_trial(tmp_path):
     oracle, _, trial_b = oracle_with_two_trials(tmp_path)
-    trial_b.status = TrialStatus.COMPLETED
-    oracle.update_trial(trial_b.trial_id, {"val_dsb": 0.5})
-    oracle.end_trial(trial_b)
+    complete(oracle, trial_b, 0.5)
     dropped = oracle.drop_silent_workers(timeout=1, now=time.monotonic() + 60)
     assert sorted((worker, trial is None) for worker, trial in dropped) == [("worker-a", False), ("worker-b", True)]
     assert not oracle.tuner_ids and not oracle.ongoing_trials  # the chief waits for no one
@@ -78,10 +92,6 @@ def test_the_heartbeat_beats_during_a_trial_only():
     assert len(oracle.calls) == beats  # stopped with the trial
 
 
-class BudgetedOracle(LivenessOracleMixin, BudgetedOracleMixin, kt.oracles.RandomSearchOracle):
-    pass
-
-
 def test_a_chief_whose_workers_all_died_ends_on_its_budget(tmp_path, monkeypatch):
     """Keras Tuner's real chief service (gRPC) and the pipeline's budgeted oracle: one trial
     completed, its worker then gone, the budget spent; the watchdog ends the search."""
@@ -92,15 +102,8 @@ def test_a_chief_whose_workers_all_died_ends_on_its_budget(tmp_path, monkeypatch
     port = free_port()
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(port))
-    oracle = BudgetedOracle(objective=kt.Objective("val_dsb", "max"), max_trials=10, seed=0)
-    oracle._set_project_dir(str(tmp_path), "search")
-    hp = kt.HyperParameters()
-    hp.Float("dropout", 0.0, 0.3)
-    oracle.update_space(hp)
-    trial = oracle.create_trial("worker-a")
-    oracle.update_trial(trial.trial_id, {"val_dsb": 0.4})
-    trial.status = TrialStatus.COMPLETED
-    oracle.end_trial(trial)
+    oracle = new_oracle(tmp_path, BudgetedOracle)
+    complete(oracle, oracle.create_trial("worker-a"), 0.4)
     oracle.deadline = time.monotonic()  # spent
 
     served = threading.Thread(target=oracle_chief.start_server, args=(oracle,), daemon=True)
@@ -117,15 +120,8 @@ def test_a_chief_whose_workers_all_died_ends_on_its_budget(tmp_path, monkeypatch
 
 
 def test_a_search_that_ended_normally_is_not_abandoned(tmp_path):
-    oracle = BudgetedOracle(objective=kt.Objective("val_dsb", "max"), max_trials=10, seed=0)
-    oracle._set_project_dir(str(tmp_path), "search")
-    hp = kt.HyperParameters()
-    hp.Float("dropout", 0.0, 0.3)
-    oracle.update_space(hp)
-    trial = oracle.create_trial("worker-a")
-    trial.status = TrialStatus.COMPLETED
-    oracle.update_trial(trial.trial_id, {"val_dsb": 0.4})
-    oracle.end_trial(trial)
+    oracle = new_oracle(tmp_path, BudgetedOracle)
+    complete(oracle, oracle.create_trial("worker-a"), 0.4)
     oracle.deadline = time.monotonic()
     assert oracle.create_trial("worker-a").status == TrialStatus.STOPPED  # the worker hears the search is over
     assert not oracle.tuner_ids and not oracle.abandoned()

@@ -27,12 +27,14 @@ class LivenessOracleMixin:
     """The chief's oracle, hearing from workers through their requests. Comes before the
     keras-tuner oracle class in the bases."""
 
-    def _liveness(self) -> tuple[dict[str, float], set[str]]:
-        """(when each worker was last heard from, trials dropped with their worker)."""
-        return self.__dict__.setdefault("_last_seen", {}), self.__dict__.setdefault("_dropped_trials", set())
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.last_seen: dict[str, float] = {}  # worker -> when it was last heard from (time.monotonic)
+        self.dropped_trials: set[str] = set()  # trials that failed with their silent worker
+        self.told_to_stop = False  # some worker heard "stopped": the chief's service ends once no one is left
 
     def _heard_from(self, tuner_id: str) -> None:
-        self._liveness()[0][tuner_id] = time.monotonic()
+        self.last_seen[tuner_id] = time.monotonic()
 
     def _heard_about(self, trial_id: str) -> None:
         for tuner_id, trial in self.ongoing_trials.items():
@@ -44,7 +46,7 @@ class LivenessOracleMixin:
         self._heard_from(tuner_id)
         trial = super().create_trial(tuner_id)
         if trial.status == TrialStatus.STOPPED:
-            self.__dict__["_told_to_stop"] = True  # the chief's service now ends once no one is left
+            self.told_to_stop = True
         return trial
 
     @kt.synchronized
@@ -59,7 +61,7 @@ class LivenessOracleMixin:
 
     @kt.synchronized
     def end_trial(self, trial):
-        if trial.trial_id in self._liveness()[1]:
+        if trial.trial_id in self.dropped_trials:
             log.warning("tune: trial %s came back after its worker was dropped; it stays failed", trial.trial_id)
             return
         self._heard_about(trial.trial_id)
@@ -69,11 +71,10 @@ class LivenessOracleMixin:
     def drop_silent_workers(self, timeout: float, now: float | None = None) -> list[tuple[str, Trial | None]]:
         """Forget workers not heard from for over `timeout` seconds, ending their trials FAILED;
         returns (worker, its trial or None) for each."""
-        last_seen, dropped_trials = self._liveness()
         now = time.monotonic() if now is None else now
         dropped = []
         for tuner_id in sorted(self.tuner_ids):
-            silent = now - last_seen.setdefault(tuner_id, now)
+            silent = now - self.last_seen.setdefault(tuner_id, now)
             if silent <= timeout:
                 continue
             trial = self.ongoing_trials.get(tuner_id)
@@ -82,7 +83,7 @@ class LivenessOracleMixin:
                 trial.status = TrialStatus.FAILED
                 trial.message = f"worker {tuner_id} stopped answering ({silent:.0f} s without a word, timeout {timeout:.0f} s)"
                 super().end_trial(trial)  # also takes it out of the running trials
-                dropped_trials.add(trial.trial_id)
+                self.dropped_trials.add(trial.trial_id)
             log.warning("tune: dropped worker %s, silent for %.0f s (timeout %.0f s)%s", tuner_id, silent, timeout,
                         f"; its trial {trial.trial_id} failed" if trial else "")
             dropped.append((tuner_id, trial))
@@ -94,8 +95,8 @@ class LivenessOracleMixin:
         spent and a trial completed: a request for a trial is then answered "stopped" (see
         `stages.tune.BudgetedOracleMixin`)."""
         finished = any(trial.status == TrialStatus.COMPLETED for trial in self.trials.values())
-        return (bool(self._liveness()[0]) and not self.__dict__.get("_told_to_stop") and not self.tuner_ids
-                and not self.ongoing_trials and finished
+        return (bool(self.last_seen) and not self.told_to_stop and not self.tuner_ids and not self.ongoing_trials
+                and finished
                 and time.monotonic() >= getattr(self, "deadline", float("inf")))
 
 
