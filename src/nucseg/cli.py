@@ -112,6 +112,14 @@ def evaluate(params: Path = PARAMS) -> None:
 
 
 @app.command()
+def unseen(params: Path = PARAMS) -> None:
+    """Leave-type-out: DSB of the training recipe on image types held out of its training."""
+    from nucseg.stages import unseen as stage
+
+    _run_stage("unseen image types", stage.run, params, ValueError)
+
+
+@app.command()
 def tune(
     params: Path = PARAMS,
     role: Optional[str] = typer.Option(None, "--role", help="chief | worker: one process of a distributed search"),
@@ -141,6 +149,11 @@ def promote(params: Path = PARAMS) -> None:
     _run_stage("promotion", stage.run, params, PromotionError)
 
 
+DIAMETER = typer.Option(None, "--diameter", min=0.5, help="the nuclei's typical width in pixels, when you know it "
+                        "[default: estimated for each image]; images are rescaled so their nuclei reach the size the "
+                        "model was trained at")
+
+
 @app.command()
 def score(
     input_dir: Path = typer.Option(..., "--input", help="DSB-layout folder (<id>/images/<id>.png) or flat folder of images"),
@@ -151,6 +164,7 @@ def score(
     geojson: bool = typer.Option(False, "--geojson", help="also write QuPath-readable outlines/<id>.geojson"),
     engine: str = typer.Option("local", "--engine", help="local (this process) or spark"),
     master: str = typer.Option("local[2]", "--master", help="Spark master URL for --engine spark"),
+    diameter: Optional[float] = DIAMETER,
     params: Path = PARAMS,
 ) -> None:
     """Segment every image of a folder with the registry's champion (or --model-uri), with the
@@ -164,7 +178,8 @@ def score(
     with _one_line_errors(tracking.TrackingUnavailable, stage.ModelUnavailable, OSError, ValueError):
         uri = stage.promoted_model_uri(promotion) if promotion else \
             model_uri or loaded.get("score", {}).get("model_uri", stage.CHAMPION_URI)
-        result = stage.run(uri, input_dir, output_dir, loaded, geojson=geojson, engine=engine, master=master)
+        result = stage.run(uri, input_dir, output_dir, loaded, geojson=geojson, engine=engine, master=master,
+                           diameter=diameter)
     typer.echo(f"scored {len(result.scored)} image(s) into {output_dir}")
     if result.failed:
         for path, problem in result.failed:
@@ -177,6 +192,7 @@ def predict(
     image: Path = typer.Argument(..., help="one image file (png, tif, jpg; grey, RGB, RGBA; 8- or 16-bit)"),
     output_dir: Path = typer.Option(Path("outputs/predict"), "--output", help="where the label and overlay PNGs go"),
     model_uri: Optional[str] = typer.Option(None, "--model-uri", help="MLflow model URI [default: params score.model_uri]"),
+    diameter: Optional[float] = DIAMETER,
     params: Path = PARAMS,
 ) -> None:
     """Segment one image: print its nucleus count, write its label and overlay files."""
@@ -187,7 +203,7 @@ def predict(
     loaded = _scoring_params(params)
     with _one_line_errors(io.ImageError, tracking.TrackingUnavailable, stage.ModelUnavailable, OSError):
         count = stage.predict_one(model_uri or loaded.get("score", {}).get("model_uri", stage.CHAMPION_URI), image,
-                                  output_dir)
+                                  output_dir, diameter)
     typer.echo(f"{image}: {count} nuclei")
 
 

@@ -1,4 +1,4 @@
-"""The segmenter: its recipe, test-time flips, small nuclei enlarged, and one path for evaluation and scoring."""
+"""The segmenter: its recipe, test-time flips, and one path for evaluation and scoring (sizes: test_scale.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 from skimage.draw import disk
 
 from nucseg import io
-from nucseg.core.segment import (Recipe, median_diameter, prepared_image, probability_maps, segment, segment_prepared,
-                                 segmentation_maps, upscale_factor)
+from nucseg.core.segment import Recipe, prepared_image, probability_maps, segment, segment_prepared, segmentation_maps
 from nucseg.stages.prepare import prepare_sample
 
 
@@ -41,8 +40,12 @@ def test_recipe_round_trips_and_rejects_bad_values():
         Recipe(fg_threshold=1.5)
     with pytest.raises(ValueError, match="tile_overlap < tile_size"):
         Recipe(tile_size=64, tile_overlap=64)
-    with pytest.raises(ValueError, match="max_upscale >= 1"):
-        Recipe(upscale_below=16, max_upscale=0.5)
+    with pytest.raises(ValueError, match="min_scale <= 1 <= max_scale"):
+        Recipe(max_scale=0.5)
+    with pytest.raises(ValueError, match="size_band_low <= 1 <= size_band_high"):
+        Recipe(size_band_high=0.9)
+    old = Recipe.from_dict({"upscale_below": 14, "upscale_to": 20, "max_upscale": 2.0})  # before `rescale`
+    assert old == Recipe()
     with pytest.raises(ValueError, match="unknown setting"):
         Recipe.from_dict({"fg_treshold": 0.5})
 
@@ -105,33 +108,6 @@ def disks_image(radius: int) -> np.ndarray:
     return image
 
 
-def test_median_diameter_is_of_the_equal_area_circle():
-    labels = np.zeros((40, 80), np.uint16)
-    labels[0:10, 0:10], labels[0:20, 20:40], labels[0:30, 45:75] = 1, 2, 5  # areas 100, 400, 900; 3, 4 absent
-    assert median_diameter(labels) == pytest.approx(2 * np.sqrt(400 / np.pi))
-    assert median_diameter(np.zeros((8, 8), np.uint16)) == 0.0
-
-
-@pytest.mark.parametrize("diameter, expected", [(10.0, 2.0), (12.5, 1.6), (8.0, 2.0), (16.0, 1.0), (30.0, 1.0),
-                                                (0.0, 1.0)])
-def test_upscale_factor_enlarges_only_small_nuclei_and_at_most_max_upscale(diameter, expected):
-    recipe = Recipe(upscale_below=16, upscale_to=20, max_upscale=2)
-    assert upscale_factor(diameter, recipe) == pytest.approx(expected)
-    assert upscale_factor(diameter, Recipe()) == 1.0  # upscale_below 0: never
-
-
-@pytest.mark.parametrize("tta", ["none", "flips"])
-def test_small_nuclei_are_segmented_on_the_enlarged_image(tta):
-    image, model = disks_image(radius=5), bright_is_nucleus_model()
-    recipe = Recipe(upscale_below=16, upscale_to=16, max_upscale=2, tta=tta, min_object_area=0)
-    factor = 16 / median_diameter(segment_prepared(model, image, Recipe(min_object_area=0), 64, 96))
-    assert 1.3 < factor < 2
-    enlarged = cv2.resize(image, (round(96 * factor), round(64 * factor)), interpolation=cv2.INTER_LINEAR)
-    expected = cv2.resize(probability_maps(model, enlarged, recipe), (96, 64), interpolation=cv2.INTER_AREA)
-    np.testing.assert_allclose(segmentation_maps(model, image, recipe), expected, atol=1e-6)
-    assert segment_prepared(model, image, recipe, 64, 96).max() == 4
-
-
 class CountingNetwork:
     """A network that counts the passes it is asked for."""
 
@@ -143,11 +119,12 @@ class CountingNetwork:
         return self.model.predict_on_batch(batch)
 
 
-def test_nuclei_at_least_upscale_below_across_are_segmented_as_they_are():
+def test_nuclei_of_the_training_size_are_segmented_as_they_are_and_the_first_pass_is_a_view():
     image, network = disks_image(radius=10), CountingNetwork(bright_is_nucleus_model())
-    recipe = Recipe(upscale_below=16, upscale_to=20, tta="flips", min_object_area=0)
-    maps = segmentation_maps(network, image, recipe)
-    assert network.passes == 4  # the first pass is the flips' identity view, not run again
+    recipe = Recipe(nucleus_diameter=20, tta="flips", min_object_area=0)
+    maps, size = segmentation_maps(network, image, recipe)
+    assert size.factor == 1.0 and size.diameter == pytest.approx(20, rel=0.1)
+    assert network.passes == 4  # the flips; the first pass (their identity view) settled the size
     np.testing.assert_array_equal(maps, probability_maps(network.model, image, recipe))
 
 
@@ -172,7 +149,7 @@ def test_evaluation_and_scoring_give_identical_labels(tmp_path, params, resize, 
     sample = prepare_sample(tmp_path / "s" / "images" / "s.png", tmp_path / "s" / "masks", cfg)
     np.testing.assert_array_equal(sample["image"], prepared_image(io.read_image(tmp_path / "s" / "images" / "s.png"),
                                                                  recipe))
-    evaluated = segment_prepared(model, sample["image"], recipe, *sample["labels"].shape)
-    scored = segment(model, io.read_image(tmp_path / "s" / "images" / "s.png"), recipe)
+    evaluated, _ = segment_prepared(model, sample["image"], recipe, *sample["labels"].shape)
+    scored, _ = segment(model, io.read_image(tmp_path / "s" / "images" / "s.png"), recipe)
     assert scored.shape == shape and scored.dtype == np.uint16
     np.testing.assert_array_equal(evaluated, scored)

@@ -53,6 +53,39 @@ def test_margin_does_not_protect_a_champion_that_is_a_candidate():
     assert decision.champion == "tuned"
 
 
+# ---- the gate: no group of users may lose ----
+
+GROUPS = {"untuned": {"fluorescence": 0.65, "histology": 0.30, "x4": 0.55},
+          "tuned": {"fluorescence": 0.70, "histology": 0.25, "x4": 0.56}}  # better overall, worse on histology
+
+
+def test_gate_refuses_a_better_candidate_that_loses_on_one_modality():
+    decision = registry.decide({"untuned": 0.58, "tuned": 0.60}, None, margin=0.005)
+    gated = registry.gate(decision, GROUPS, max_loss=0.03, current_champion=None)
+    assert (gated.champion, gated.challenger) == ("untuned", "tuned")
+    assert "tuned is refused" in gated.reason and "histology by 0.0500 (0.2500 vs 0.3000)" in gated.reason
+    verdicts = registry.verdicts(GROUPS, "untuned", 0.03)
+    assert verdicts["tuned"] == "refused: trails untuned on histology by 0.0500"
+
+
+def test_gate_lets_a_candidate_within_the_loss_through_and_measures_against_the_current_champion():
+    decision = registry.decide({"untuned": 0.58, "tuned": 0.60}, None, margin=0.005)
+    assert registry.gate(decision, GROUPS, max_loss=0.06, current_champion=None).champion == "tuned"
+    groups = {**GROUPS, "version 3": {"fluorescence": 0.60, "histology": 0.20, "x4": 0.40}}
+    beaten = registry.decide({"untuned": 0.58, "tuned": 0.60}, ("version 3", 0.50), margin=0.005)
+    gated = registry.gate(beaten, groups, max_loss=0.03, current_champion="version 3")
+    assert gated.champion == "tuned" and "loses no more than 0.03" in gated.reason
+    shifted = {**groups, "version 3": {"fluorescence": 0.60, "histology": 0.20, "x4": 0.60}}
+    refused = registry.gate(beaten, shifted, max_loss=0.03, current_champion="version 3")
+    assert (refused.champion, refused.challenger) == ("version 3", "tuned") and "x4 by 0.0400" in refused.reason
+
+
+def test_group_scores_are_the_modalities_and_the_shifted_copies():
+    summary = {"overall": {"dsb": 0.5}, "per_modality": {"histology": {"dsb": 0.3}},
+               "shifted": {"x2": {"dsb": 0.45, "dsb_histology": 0.2}}}
+    assert registry.group_scores(summary) == {"histology": 0.3, "x2": 0.45}
+
+
 def test_tie_goes_to_the_candidate_listed_first():
     decision = registry.decide({"untuned": 0.5, "tuned": 0.5}, None, margin=0.0)
     assert (decision.champion, decision.challenger) == ("untuned", "tuned")

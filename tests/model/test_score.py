@@ -187,13 +187,16 @@ def test_submission_rle_decodes_to_the_label_maps(mixed):
         assert all(np.array_equal(d, e) for d, e in zip(decoded, expected))
 
 
-def test_counts_table(mixed):
+def test_counts_table(mixed, tracked):
     counts = pd.read_csv(mixed["output"] / "counts.csv")
-    assert list(counts.columns) == ["ImageId", "nuclei", "mean_area_px", "modality"]
+    assert list(counts.columns) == ["ImageId", "nuclei", "mean_area_px", "modality", "diameter_px", "scale"]
     assert set(counts["ImageId"]) == set(mixed["shapes"])
     assert (counts["nuclei"] == DISKS).all()
     assert counts["mean_area_px"].between(80, 150).all()  # radius-6 disks: ~113 px
     assert (counts["modality"] == "fluorescence").all()
+    assert counts["diameter_px"].between(10, 14.5).all()  # 12 px across
+    _, recipe, _ = score.load_model(CHAMPION)  # below its band: enlarged to the training size
+    np.testing.assert_allclose(counts["scale"], recipe.nucleus_diameter / counts["diameter_px"], rtol=1e-3)
 
 
 def test_scoring_uses_the_models_recipe_not_params(mixed, tracked, score_params):
@@ -203,7 +206,7 @@ def test_scoring_uses_the_models_recipe_not_params(mixed, tracked, score_params)
     network, recipe, _ = score.load_model(CHAMPION)
     assert recipe.min_object_area != score_params["postprocess"]["min_object_area"]
     image = io.read_image(mixed["folder"] / "grey8.png")
-    assert segment(network, image, Recipe.from_params(score_params)).max() == 0  # B: nothing
+    assert segment(network, image, Recipe.from_params(score_params))[0].max() == 0  # B: nothing
     assert (pd.read_csv(mixed["output"] / "counts.csv")["nuclei"] == DISKS).all()  # A: every disk
 
 

@@ -55,6 +55,18 @@ def logged(mlflow_store, tmp_path, monkeypatch):
     return uri, network
 
 
+def test_model_config_diameter_overrides_the_estimate_and_a_bad_one_is_refused(logged):
+    import mlflow
+
+    uri, network = logged
+    frame = pd.DataFrame({"image": [io.encode_png(disk_image())]})
+    given = mlflow.pyfunc.load_model(uri, model_config={"diameter": 80}).predict(frame)
+    assert given.loc[0, "diameter"] == 80.0
+    assert given.loc[0, "scale"] == round(segment(network, disk_image(), RECIPE, diameter=80)[1].factor, 4) < 1
+    with pytest.raises(Exception, match="diameter"):
+        mlflow.pyfunc.load_model(uri, model_config={"diameter": "large"})
+
+
 def test_round_trip_predicts_good_and_bad_images(logged):
     import mlflow
 
@@ -68,10 +80,11 @@ def test_round_trip_predicts_good_and_bad_images(logged):
     tifffile.imwrite(tiff, grey16)
     frame = pd.DataFrame({"image": [io.encode_png(disk_image()), b"not an image", tiff.getvalue(), b""]})
     out = model.predict(frame)
-    assert list(out.columns) == ["labels", "nuclei", "error"] and len(out) == 4
-    expected = segment(network, disk_image(), RECIPE)  # the same network and recipe, in process
+    assert list(out.columns) == ["labels", "nuclei", "diameter", "scale", "error"] and len(out) == 4
+    expected, size = segment(network, disk_image(), RECIPE)  # the same network and recipe, in process
     labels = io.decode_image(out.loc[0, "labels"])
     np.testing.assert_array_equal(labels, expected)
+    assert (out.loc[0, "diameter"], out.loc[0, "scale"]) == (round(size.diameter, 2), round(size.factor, 4))
     assert labels.dtype == np.uint16 and out.loc[0, "nuclei"] == len(np.unique(expected[expected > 0]))
     assert out.loc[0, "error"] == "" and out.loc[2, "error"] == ""
     assert "row 1" in out.loc[1, "error"] and "cannot decode" in out.loc[1, "error"]
@@ -93,7 +106,7 @@ def test_model_carries_recipe_code_signature_and_example(logged):
     assert Recipe.from_dict(json.loads(recipe_file.read_text())) == RECIPE
     info = mlflow.models.get_model_info(uri)
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["image"]
-    assert [c["name"] for c in info.signature.outputs.to_dict()] == ["labels", "nuclei", "error"]
+    assert [c["name"] for c in info.signature.outputs.to_dict()] == ["labels", "nuclei", "diameter", "scale", "error"]
     assert info.saved_input_example_info is not None
     assert load_segmenter(uri)[1] == RECIPE
 
@@ -112,7 +125,7 @@ def test_network_travels_as_onnx_and_both_runtimes_segment_alike(logged):
     on_onnx, recipe = load_segmenter(uri, runtime_name="onnx")
     on_keras, _ = load_segmenter(uri, runtime_name="keras")
     assert isinstance(on_onnx, OnnxNetwork) and not isinstance(on_keras, OnnxNetwork)
-    np.testing.assert_array_equal(segment(on_onnx, disk_image(), recipe), segment(on_keras, disk_image(), recipe))
+    np.testing.assert_array_equal(segment(on_onnx, disk_image(), recipe)[0], segment(on_keras, disk_image(), recipe)[0])
     assert "onnxruntime==" in (Path(mlflow.artifacts.download_artifacts(uri)) / "requirements.txt").read_text()
 
 
@@ -129,7 +142,7 @@ def test_unloadable_onnx_falls_back_to_keras(logged, tmp_path, caplog):
         fallback, recipe = load_segmenter(str(local), runtime_name="onnx")
     assert not isinstance(fallback, OnnxNetwork)
     assert "network.onnx: not a loadable ONNX model" in caplog.text and "with Keras" in caplog.text
-    np.testing.assert_array_equal(segment(fallback, disk_image(), recipe), segment(network, disk_image(), RECIPE))
+    np.testing.assert_array_equal(segment(fallback, disk_image(), recipe)[0], segment(network, disk_image(), RECIPE)[0])
 
 
 def test_unknown_runtime_is_refused(logged):
@@ -159,7 +172,7 @@ def test_served_model_answers_over_http(logged, tmp_path):
         assert reply.status_code == 200, reply.text
         rows = reply.json()["predictions"]
         labels = io.decode_image(base64.b64decode(rows[0]["labels"]))
-        np.testing.assert_array_equal(labels, segment(network, disk_image(), RECIPE))
+        np.testing.assert_array_equal(labels, segment(network, disk_image(), RECIPE)[0])
         assert rows[0]["nuclei"] == len(np.unique(labels[labels > 0])) and rows[0]["error"] == ""
         assert "cannot decode" in rows[1]["error"]
     finally:

@@ -168,7 +168,7 @@ def test_the_objective_is_the_dsb_of_whole_val_images_after_post_processing(sear
     assert tune.OBJECTIVE == ("val_dsb", "max")
     val = load_split_samples(search.root / "split.csv", search.root / "prepared", "val")
     model = keras.saving.load_model(search.root / "models" / "tuned" / "model.keras", compile=False)
-    trial_recipe = dataclasses.replace(Recipe.from_params(search.params), tta="none", upscale_below=0.0)
+    trial_recipe = dataclasses.replace(Recipe.from_params(search.params), tta="none", rescale=False)
     per_image, _ = evaluate_model(model, val, trial_recipe)
     assert search.metrics["best_trial_val_dsb"] == pytest.approx(per_image["dsb"].mean(), abs=1e-5)
     [parent] = runs_named(client(search.uri), "tune")

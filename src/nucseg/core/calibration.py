@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from nucseg.core import metrics
-from nucseg.core.segment import Recipe, labels_of_maps, segmentation_maps
+from nucseg.core.segment import Recipe, in_image_pixels, labels_of_maps, segmentation_maps
 
 SEARCHABLE = ("fg_threshold", "marker_threshold", "border_threshold", "min_marker_area", "min_object_area")
 
@@ -53,10 +53,13 @@ def coordinate_search(score: Callable[[dict[str, Any]], float], grid: Mapping[st
     return best, table.sort_values("dsb", ascending=False, kind="stable", ignore_index=True)
 
 
-def recipe_dsb(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], recipe: Recipe) -> float:
-    """Mean DSB over images of the labels `recipe`'s post-processing makes of precomputed maps."""
-    scores = [metrics.dsb_score(truth, labels_of_maps(image_maps, recipe, *truth.shape))
-              for image_maps, truth in zip(maps, truths)]
+def recipe_dsb(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], recipe: Recipe,
+               factors: Sequence[float] | None = None) -> float:
+    """Mean DSB over images of the labels `recipe`'s post-processing makes of precomputed maps
+    (of images the network saw rescaled by `factors`, 1 by default)."""
+    factors = factors or [1.0] * len(maps)
+    scores = [metrics.dsb_score(truth, labels_of_maps(image_maps, in_image_pixels(recipe, factor), *truth.shape))
+              for image_maps, truth, factor in zip(maps, truths, factors)]
     return float(np.mean(scores)) if scores else float("nan")
 
 
@@ -67,14 +70,15 @@ def search_recipe(model, samples: Sequence[dict[str, Any]], recipe: Recipe, grid
     unknown = sorted(set(grid) - set(SEARCHABLE))
     if unknown:
         raise ValueError(f"postprocess.search: cannot search {unknown}; searchable: {list(SEARCHABLE)}")
-    maps = [segmentation_maps(model, sample["image"], recipe)
+    made = [segmentation_maps(model, sample["image"], recipe)
             for sample in tqdm(samples, desc=f"{desc}: probability maps", unit="image")]
+    maps, factors = [m for m, _ in made], [size.factor for _, size in made]
     truths = [sample["labels"] for sample in samples]
     progress = tqdm(desc=f"{desc}: candidates", unit="candidate")
 
     def score(values: dict[str, Any]) -> float:
         progress.update()
-        return recipe_dsb(maps, truths, dataclasses.replace(recipe, **values))
+        return recipe_dsb(maps, truths, dataclasses.replace(recipe, **values), factors)
 
     start = {name: getattr(recipe, name) for name in grid}
     best, table = coordinate_search(score, {name: list(options) for name, options in grid.items()}, start)

@@ -12,13 +12,13 @@ import nucseg.config  # noqa: F401 - backend and log-level defaults must be set 
 import keras
 
 from nucseg.core.augment import AugmentConfig, sample_crop
+from nucseg.core.scale import instance_diameter
 
 
 def _load_sample(path: Path, with_labels: bool) -> dict[str, Any]:
     try:
         with np.load(path) as npz:
-            image, target = npz["image"], npz["target"]
-            truth = {"labels": npz["labels"]} if with_labels else {}
+            image, target, labels = npz["image"], npz["target"], npz["labels"]
     except Exception as err:  # noqa: BLE001 - missing, truncated, not a zip, missing key: all "unusable"
         raise ValueError(f"{path}: cannot read training sample ({type(err).__name__}: {err})") from err
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -28,7 +28,19 @@ def _load_sample(path: Path, with_labels: bool) -> dict[str, Any]:
         raise ValueError(f"{path}: expected a uint8 {expected} target, got {target.dtype} {target.shape}")
     if target.max(initial=0) > 1:
         raise ValueError(f"{path}: target must be 0/1, found value {target.max()}")
-    return {"id": path.stem, "image": image, "target": target, **truth}
+    # The median nucleus width in the network's pixels (labels stay at the annotated size).
+    diameter = instance_diameter(labels) * image.shape[0] / labels.shape[0]
+    return {"id": path.stem, "image": image, "target": target, "diameter": diameter,
+            **({"labels": labels} if with_labels else {})}
+
+
+def training_diameter(samples: Sequence[dict[str, Any]]) -> float:
+    """The nucleus size a network trained on `samples` knows best: the median over images of
+    each image's median nucleus diameter (images without nuclei left out)."""
+    diameters = [s["diameter"] for s in samples if s["diameter"] > 0]
+    if not diameters:
+        raise ValueError("no training image has a nucleus: cannot say what size the network learnt")
+    return round(float(np.median(diameters)), 2)
 
 
 def load_samples(paths: Sequence[str | Path], desc: str = "loading training samples",

@@ -17,8 +17,9 @@ import pandas as pd
 from nucseg import io
 from nucseg.core import modality, rle
 from nucseg.core.measure import measure, outlines_geojson
-from nucseg.core.overlay import draw_outlines
+from nucseg.core.overlay import captioned, draw_outlines
 from nucseg.core.preprocess import preprocess
+from nucseg.core.scale import SizeEstimate
 from nucseg.core.segment import Recipe, segment
 
 UNKNOWN_MODALITY = "unknown"
@@ -27,7 +28,7 @@ DECIMALS = 4  # measurements are written with this many decimals
 # Columns of `ImageOutputs.to_row`, as a Spark schema: rows cross the driver/executor boundary as
 # plain types (measurements as JSON at full written precision).
 ROW_SCHEMA = ("id string, labels binary, overlay binary, submission string, measurements string, "
-              "modality string, outlines string, error string")
+              "modality string, diameter double, scale double, diameter_given boolean, outlines string, error string")
 
 
 @dataclass
@@ -38,47 +39,59 @@ class ImageOutputs:
     submission: list[tuple[str, str]]  # (ImageId, EncodedPixels) rows
     measurements: pd.DataFrame  # one row per nucleus, `measure.COLUMNS`
     modality: str
+    size: SizeEstimate  # nucleus diameter (image pixels) and the scale the network saw the image at
     outlines: dict[str, Any] | None = None  # GeoJSON, when asked for
 
     def to_row(self) -> dict[str, Any]:
         return {"id": self.image_id, "labels": self.labels_png, "overlay": self.overlay_png,
                 "submission": json.dumps(self.submission), "measurements": self.measurements.to_json(
                     orient="split", index=False, double_precision=15),
-                "modality": self.modality, "outlines": json.dumps(self.outlines) if self.outlines else None,
+                "modality": self.modality, "diameter": self.size.diameter, "scale": self.size.factor,
+                "diameter_given": self.size.given, "outlines": json.dumps(self.outlines) if self.outlines else None,
                 "error": ""}
 
     @classmethod
     def from_row(cls, row: Any) -> ImageOutputs:
         measurements = pd.read_json(StringIO(row.measurements), orient="split", dtype=False)
         return cls(row.id, bytes(row.labels), bytes(row.overlay), [tuple(r) for r in json.loads(row.submission)],
-                   measurements, row.modality, json.loads(row.outlines) if row.outlines else None)
+                   measurements, row.modality, SizeEstimate(row.diameter, row.scale, bool(row.diameter_given)),
+                   json.loads(row.outlines) if row.outlines else None)
 
 
-def overlay_of(image: np.ndarray, labels: np.ndarray, recipe: Recipe) -> np.ndarray:
+def overlay_of(image: np.ndarray, labels: np.ndarray, recipe: Recipe, size: SizeEstimate) -> np.ndarray:
     """uint8 RGB outlines drawn on the normalised image at its own size, so dim 16-bit or dark
-    fluorescence images are visible in it."""
-    return draw_outlines(preprocess(image, recipe.normalize_low, recipe.normalize_high), labels)
+    fluorescence images are visible in it, under a caption saying the size it was segmented at."""
+    outlined = draw_outlines(preprocess(image, recipe.normalize_low, recipe.normalize_high), labels)
+    return captioned(outlined, size_caption(labels, size))
+
+
+def size_caption(labels: np.ndarray, size: SizeEstimate) -> str:
+    nuclei = int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
+    source = "given" if size.given else "estimated"
+    return f"{nuclei} nuclei, diameter {size.diameter:.0f} px ({source}), segmented at x{size.factor:.2f}"
 
 
 def modality_of(model: dict[str, Any] | None, image: np.ndarray) -> str:
     return modality.predict(model, modality.image_features(image))[0] if model else UNKNOWN_MODALITY
 
 
-def image_outputs(image_id: str, image: np.ndarray, labels: np.ndarray, recipe: Recipe,
+def image_outputs(image_id: str, image: np.ndarray, labels: np.ndarray, size: SizeEstimate, recipe: Recipe,
                   modality_model: dict[str, Any] | None, geojson: bool = False) -> ImageOutputs:
     """Outputs of `image` (as read) and its instance `labels`; `recipe` is the segmenter's, so
     the overlay shows the image as the network saw it."""
     return ImageOutputs(
         image_id=image_id, labels_png=io.encode_png(labels, image_id),
-        overlay_png=io.encode_png(overlay_of(image, labels, recipe), image_id),
+        overlay_png=io.encode_png(overlay_of(image, labels, recipe, size), image_id),
         submission=rle.submission_rows(image_id, labels),
         measurements=measure(labels, image).round(DECIMALS),
-        modality=modality_of(modality_model, image),
+        modality=modality_of(modality_model, image), size=size,
         outlines=outlines_geojson(labels) if geojson else None)
 
 
 def score_file(image_id: str, path: str | Path, network, recipe: Recipe, modality_model: dict[str, Any] | None,
-               geojson: bool = False) -> ImageOutputs:
-    """Read, segment and describe one image file: the per-image work of either scoring engine."""
+               geojson: bool = False, diameter: float | None = None) -> ImageOutputs:
+    """Read, segment and describe one image file: the per-image work of either scoring engine.
+    `diameter`: the nuclei's width in pixels when the user knows it (else estimated)."""
     image = io.read_image(path)
-    return image_outputs(image_id, image, segment(network, image, recipe), recipe, modality_model, geojson)
+    labels, size = segment(network, image, recipe, diameter)
+    return image_outputs(image_id, image, labels, size, recipe, modality_model, geojson)

@@ -1,5 +1,5 @@
-"""Segment an image: the recipe, then normalise → network (tiled, test-time views averaged, small
-nuclei enlarged) → instances.
+"""Segment an image: the recipe, then normalise → nuclei brought to the network's size (`scale`) →
+network (tiled, test-time views averaged) → instances at the image's own size.
 
 Every consumer — `evaluate`, `promote`, `score`, `predict`, the served model, the benchmarks —
 segments through `segment`, with the `Recipe` stored beside the network, so a model is always
@@ -19,6 +19,7 @@ import numpy as np
 from nucseg.core.infer import predict_maps
 from nucseg.core.postprocess import labels_from_maps
 from nucseg.core.preprocess import INPUT_FORMS, preprocess, preprocessing, resize_labels
+from nucseg.core.scale import SizeEstimate, estimate_size, foreground_diameter, instance_diameter, rescale_factor
 
 # Pads every image to a multiple of 32: enough for U-Nets up to depth 5 and the MobileNetV2
 # encoder, so a model loaded from the registry needs no knowledge of how it was built.
@@ -46,9 +47,12 @@ class Recipe:
     tile_overlap: int = 64
     max_untiled_pixels: int = 1_048_576
     tta: str = "none"
-    upscale_below: float = 0.0
-    upscale_to: float = 20.0
-    max_upscale: float = 2.0
+    rescale: bool = True
+    nucleus_diameter: float = 19.0  # the training set's median, set by the stage that trains the network
+    size_band_low: float = 0.75  # nuclei within [low, high] x nucleus_diameter are segmented as they are ...
+    size_band_high: float = 1.3
+    min_scale: float = 0.2  # ... others rescaled to nucleus_diameter, by a factor within these limits
+    max_scale: float = 3.0
     fg_threshold: float = 0.5
     marker_threshold: float = 0.7
     border_threshold: float = 0.3
@@ -72,9 +76,11 @@ class Recipe:
         if self.tile_size < INFERENCE_MULTIPLE or not 0 <= self.tile_overlap < self.tile_size:
             problems.append(f"need tile_size >= {INFERENCE_MULTIPLE} and 0 <= tile_overlap < tile_size, got "
                             f"{self.tile_size}, {self.tile_overlap}")
-        if self.upscale_below < 0 or self.upscale_to <= 0 or self.max_upscale < 1:
-            problems.append(f"need upscale_below >= 0 (0: never), upscale_to > 0 and max_upscale >= 1, got "
-                            f"{self.upscale_below}, {self.upscale_to}, {self.max_upscale}")
+        if self.nucleus_diameter <= 0 or not 0 < self.size_band_low <= 1 <= self.size_band_high:
+            problems.append(f"need nucleus_diameter > 0 and 0 < size_band_low <= 1 <= size_band_high, got "
+                            f"{self.nucleus_diameter}, {self.size_band_low}, {self.size_band_high}")
+        if not 0 < self.min_scale <= 1 <= self.max_scale:
+            problems.append(f"need 0 < min_scale <= 1 <= max_scale, got {self.min_scale}, {self.max_scale}")
         if self.max_untiled_pixels < 1:
             problems.append(f"max_untiled_pixels must be positive, got {self.max_untiled_pixels}")
         for name in ("fg_threshold", "marker_threshold", "border_threshold"):
@@ -93,7 +99,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Recipe:
-        unknown = set(values) - _FIELDS
+        unknown = set(values) - _FIELDS - {"upscale_below", "upscale_to", "max_upscale"}
         if unknown:
             raise ValueError(f"invalid segmentation recipe: unknown setting(s) {sorted(unknown)}")
         types = {field.name: field.type for field in dataclasses.fields(cls)}
@@ -101,6 +107,8 @@ class Recipe:
         values = dict(values)
         if isinstance(values.get("tta"), bool):  # recipes stored before `tta` named its views
             values["tta"] = "flips" if values["tta"] else "none"
+        for enlarging_only in ("upscale_below", "upscale_to", "max_upscale"):  # before `rescale`: today's default
+            values.pop(enlarging_only, None)
         return cls(**{key: cast[types[key]](value) for key, value in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,35 +148,68 @@ def probability_maps(model, image: np.ndarray, recipe: Recipe, identity: np.ndar
     return total / len(TTA_VIEWS[recipe.tta])
 
 
-def median_diameter(labels: np.ndarray) -> float:
-    """Median equivalent-circle diameter, in pixels, of the labelled objects (0 when there are none)."""
-    areas = np.bincount(labels.ravel())[1:]
-    areas = areas[areas > 0]
-    return float(np.median(2.0 * np.sqrt(areas / np.pi))) if areas.size else 0.0
-
-
-def upscale_factor(diameter: float, recipe: Recipe) -> float:
-    """How much to enlarge an image whose nuclei measure `diameter` pixels across: the network
-    separates small nuclei better at about the size most of its training nuclei have."""
-    if not 0.0 < diameter < recipe.upscale_below:
-        return 1.0
-    return min(recipe.max_upscale, recipe.upscale_to / diameter)
-
-
-def segmentation_maps(model, image: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """The HxWx2 maps the instances are made from: `probability_maps`, or, when a first pass
-    without TTA finds nuclei smaller than `upscale_below` pixels, those of the enlarged image
-    brought back to the image's size."""
-    if recipe.upscale_below <= 0:
-        return probability_maps(model, image, recipe)
-    first = probability_maps(model, image, dataclasses.replace(recipe, tta="none"))
-    factor = upscale_factor(median_diameter(labels_of_maps(first, recipe, *first.shape[:2])), recipe)
-    if factor == 1.0:
-        return probability_maps(model, image, recipe, identity=first)
+def resized(image: np.ndarray, factor: float) -> np.ndarray:
+    """`image` with both sides multiplied by `factor` (area-averaged when shrinking)."""
     height, width = image.shape[:2]
-    enlarged = cv2.resize(image, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_LINEAR)
-    maps = probability_maps(model, enlarged, recipe)
-    return cv2.resize(maps, (width, height), interpolation=cv2.INTER_AREA)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+
+
+def size_of(model, image: np.ndarray, recipe: Recipe, diameter: float | None = None) -> tuple[SizeEstimate, np.ndarray | None]:
+    """The image's nucleus size and the factor it is segmented at; with the maps of its full-size
+    pass when one was made (a test-time view of the segmentation, not run again).
+    `diameter`: the user's, in the image's pixels (nothing estimated)."""
+    limits, band = (recipe.min_scale, recipe.max_scale), (recipe.size_band_low, recipe.size_band_high)
+    if diameter is not None:
+        if diameter <= 0:
+            raise ValueError(f"diameter is a nucleus's width in pixels and must be > 0, got {diameter}")
+        return SizeEstimate(diameter, rescale_factor(diameter, recipe.nucleus_diameter, band, limits), True), None
+    if not recipe.rescale:
+        return SizeEstimate(0.0, 1.0), None
+    single = dataclasses.replace(recipe, tta="none")
+    passes: dict[float, np.ndarray] = {}
+
+    def maps_at(factor: float) -> np.ndarray:
+        if min(image.shape[:2]) * factor < 16:  # too small to say anything: no nuclei seen
+            return np.zeros((1, 1, 2), np.float32)
+        passes[factor] = probability_maps(model, resized(image, factor) if factor != 1 else image, single)
+        return passes[factor]
+
+    def diameter_of(maps: np.ndarray) -> tuple[float, float]:
+        return (foreground_diameter(maps[..., 0] > recipe.fg_threshold),
+                instance_diameter(labels_of_maps(maps, recipe, *maps.shape[:2])))
+
+    def handled(diameter: float) -> bool:
+        return rescale_factor(diameter, recipe.nucleus_diameter, band, limits) == 1.0
+
+    coarse_first = image.shape[0] * image.shape[1] > recipe.max_untiled_pixels  # a full-size pass is dear
+    estimated = estimate_size(maps_at, diameter_of, recipe.nucleus_diameter, handled, coarse_first)
+    return SizeEstimate(estimated, rescale_factor(estimated, recipe.nucleus_diameter, band, limits)), passes.get(1.0)
+
+
+def segmentation_maps(model, image: np.ndarray, recipe: Recipe,
+                      diameter: float | None = None) -> tuple[np.ndarray, SizeEstimate]:
+    """The HxWx2 maps the instances are made from, at the image's size: `probability_maps` of
+    the image rescaled so its nuclei have about the network's training size (`size_of`)."""
+    size, full = size_of(model, image, recipe, diameter)
+    if size.factor == 1.0:
+        return probability_maps(model, image, recipe, identity=full), size
+    maps = probability_maps(model, resized(image, size.factor), recipe)
+    height, width = image.shape[:2]
+    interpolation = cv2.INTER_AREA if size.factor > 1 else cv2.INTER_LINEAR
+    return cv2.resize(maps, (width, height), interpolation=interpolation), size
+
+
+def in_image_pixels(recipe: Recipe, factor: float) -> Recipe:
+    """The recipe's post-processing for maps of an image the network saw shrunk by `factor`:
+    its areas were chosen at the network's scale, so they grow by 1/factor² (else the seeds of one
+    big nucleus' fragments pass `min_marker_area` and split it). Enlarged images keep them:
+    measured on `val`, that segments small nuclei better (`benchmarks/scale.py`, docs/scale.md)."""
+    if factor >= 1.0:
+        return recipe
+    grow = 1.0 / factor**2
+    return dataclasses.replace(recipe, min_marker_area=round(recipe.min_marker_area * grow),
+                               min_object_area=round(recipe.min_object_area * grow))
 
 
 def labels_of_maps(maps: np.ndarray, recipe: Recipe, height: int, width: int) -> np.ndarray:
@@ -181,9 +222,12 @@ def labels_of_maps(maps: np.ndarray, recipe: Recipe, height: int, width: int) ->
     return resize_labels(labels.astype(np.uint16), height, width)
 
 
-def segment_prepared(model, image: np.ndarray, recipe: Recipe, height: int, width: int) -> np.ndarray:
-    """uint16 instance labels at (height, width) of an image already through `preprocess`."""
-    return labels_of_maps(segmentation_maps(model, image, recipe), recipe, height, width)
+def segment_prepared(model, image: np.ndarray, recipe: Recipe, height: int, width: int,
+                     diameter: float | None = None) -> tuple[np.ndarray, SizeEstimate]:
+    """uint16 instance labels at (height, width) of an image already through `preprocess`, and
+    the nucleus size it was segmented at."""
+    maps, size = segmentation_maps(model, image, recipe, diameter)
+    return labels_of_maps(maps, in_image_pixels(recipe, size.factor), height, width), size
 
 
 def prepared_image(image: np.ndarray, recipe: Recipe) -> np.ndarray:
@@ -191,6 +235,11 @@ def prepared_image(image: np.ndarray, recipe: Recipe) -> np.ndarray:
     return preprocess(image, **preprocessing(recipe.to_dict()))
 
 
-def segment(model, image: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """uint16 instance labels, at the image's own size, of an image as read from disk."""
-    return segment_prepared(model, prepared_image(image, recipe), recipe, *image.shape[:2])
+def segment(model, image: np.ndarray, recipe: Recipe, diameter: float | None = None) -> tuple[np.ndarray, SizeEstimate]:
+    """uint16 instance labels, at the image's own size, of an image as read from disk, and the
+    nucleus size it was segmented at. `diameter`: the nuclei's width in the image's pixels, when
+    the user knows it (else estimated)."""
+    prepared = prepared_image(image, recipe)
+    if diameter is not None and prepared.shape[:2] != image.shape[:2]:  # `resize`: into the network's pixels
+        diameter *= prepared.shape[0] / image.shape[0]
+    return segment_prepared(model, prepared, recipe, *image.shape[:2], diameter=diameter)

@@ -9,6 +9,7 @@ uninterrupted run. A state written under other settings is refused, not resumed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -25,22 +26,23 @@ log = get_logger("nucseg.train")
 import keras  # noqa: E402 - after config has set the backend
 
 from nucseg.core.calibration import search_recipe  # noqa: E402
-from nucseg.core.data import CropDataset, load_samples, validation_crops_from_params  # noqa: E402
+from nucseg.core.data import CropDataset, load_samples, training_diameter, validation_crops_from_params  # noqa: E402
 from nucseg.core.losses import PixelDice, PixelIoU, bce_dice_loss  # noqa: E402
 from nucseg.core.segment import Recipe  # noqa: E402
 from nucseg.core.unet import build_unet  # noqa: E402
 
 
-def choose_recipe(model: keras.Model, params: dict[str, Any], val: list[dict[str, Any]],
+def choose_recipe(model: keras.Model, params: dict[str, Any], train: list[dict[str, Any]], val: list[dict[str, Any]],
                   model_dir: Path) -> dict[str, float]:
     """Search the post-processing thresholds on the `val` images (with their labels;
-    `postprocess.search`), store the recipe beside the model (`recipe.json`, every candidate in
+    `postprocess.search`) for the network at the nucleus size it learnt on `train`, store the recipe beside the model (`recipe.json`, every candidate in
     `thresholds.csv`) and in the active MLflow run; returns val DSB with the params' thresholds
     and with the chosen ones."""
     import mlflow
 
     grid = params["postprocess"].get("search") or {}
-    recipe, table = search_recipe(model, val, Recipe.from_params(params), grid, desc=f"{model_dir}: thresholds on val")
+    trained_at = dataclasses.replace(Recipe.from_params(params), nucleus_diameter=training_diameter(train))
+    recipe, table = search_recipe(model, val, trained_at, grid, desc=f"{model_dir}: thresholds on val")
     io.atomic_write_text(model_dir / "recipe.json", recipe.to_json())
     io.write_csv(model_dir / "thresholds.csv", table.round(5))
     result = {"val_dsb_params_thresholds": float(table.loc[table["candidate"] == 0, "dsb"].iloc[0]),

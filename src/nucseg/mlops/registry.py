@@ -11,11 +11,11 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 from nucseg import config
 from nucseg.config import get_logger
-from nucseg.core.evaluation import evaluate_model, summarize
+from nucseg.core.evaluation import evaluate_model, evaluate_shifted, summarize, summarize_shifts
 from nucseg.core.preprocess import preprocessing
 from nucseg.core.segment import Recipe
 from nucseg.mlops.segmenter_model import load_segmenter, log_segmenter, recipe_digest
@@ -63,6 +63,7 @@ class Incumbent(NamedTuple):
     label: str
     dsb: float
     version: int
+    groups: dict[str, float]  # `group_scores`
 
 
 def decide(scores: Mapping[str, float], current_champion: tuple[str, float] | None, margin: float) -> Decision:
@@ -88,6 +89,53 @@ def decide(scores: Mapping[str, float], current_champion: tuple[str, float] | No
                                          f"by {gain:.4f} > margin {margin}")
     return Decision(holder, best, f"{reason}, but it does not beat the current champion {holder} "
                                   f"(DSB {held:.4f}) by more than margin {margin}, so {holder} stays champion")
+
+
+def group_scores(summary: Mapping[str, Any]) -> dict[str, float]:
+    """DSB of every group of users a promotion must not fail: each modality of `test` and each
+    shifted copy of it (another magnification, darker, brighter, noisier)."""
+    return {**{m: v["dsb"] for m, v in summary["per_modality"].items()},
+            **{shift: v["dsb"] for shift, v in summary.get("shifted", {}).items()}}
+
+
+def losses(candidate: Mapping[str, float], reference: Mapping[str, float], max_loss: float) -> dict[str, float]:
+    """{group: DSB lost} where `candidate` scores more than `max_loss` below `reference`."""
+    lost = {group: round(reference[group] - value, 9) for group, value in candidate.items() if group in reference}
+    return {group: loss for group, loss in lost.items() if loss > max_loss}
+
+
+def gate(decision: Decision, groups: Mapping[str, Mapping[str, float]], max_loss: float,
+         current_champion: str | None) -> Decision:
+    """`decision`, unless its champion would replace a model (`current_champion`; on a first
+    promotion, the runner-up) that it beats overall but trails by more than `max_loss` on some
+    modality or shifted copy: users of that group would get a worse model, so the one it would
+    replace is champion and the refused one challenger. `groups`: per contender, `group_scores`."""
+    reference = decision.challenger if current_champion is None else current_champion
+    if reference is None or reference == decision.champion:
+        return decision
+    lost = losses(groups[decision.champion], groups[reference], max_loss)
+    if not lost:
+        return Decision(decision.champion, decision.challenger,
+                        f"{decision.reason}; it loses no more than {max_loss} on any modality or shifted copy")
+    which = ", ".join(f"{group} by {loss:.4f} ({groups[decision.champion][group]:.4f} vs {groups[reference][group]:.4f})"
+                      for group, loss in sorted(lost.items(), key=lambda item: -item[1]))
+    return Decision(reference, decision.champion,
+                    f"{decision.reason}; but {decision.champion} is refused: it trails {reference} on {which}, "
+                    f"more than the gate's {max_loss}, so {reference} is champion")
+
+
+def verdicts(groups: Mapping[str, Mapping[str, float]], reference: str | None, max_loss: float) -> dict[str, str]:
+    """The gate's word on every contender: measured against `reference` (the model a promotion
+    would replace), the others `passed` or `refused: trails <reference> on <groups>`."""
+    result = {}
+    for name, scores in groups.items():
+        if reference is None or name == reference or reference not in groups:
+            result[name] = "reference" if name == reference else "passed"
+            continue
+        lost = losses(scores, groups[reference], max_loss)
+        result[name] = ("refused: trails " + reference + " on " + ", ".join(f"{g} by {v:.4f}" for g, v in lost.items())
+                        if lost else f"passed: within {max_loss} of {reference} on every modality and shifted copy")
+    return result
 
 
 def _ranking_reason(scores: Mapping[str, float], best: str, runner_up: str | None) -> str:
@@ -142,9 +190,10 @@ def read_recipe(path: Path) -> Recipe:
         raise PromotionError(f"{path}: not a segmentation recipe ({err})") from err
 
 
-def score_model(model_uri: str, samples: list[dict[str, Any]], prepared_with: Recipe, label: str) -> dict[str, Any]:
-    """Test summary (overall and per modality) of the segmenter behind `model_uri`, with its own
-    recipe. The test images were prepared with `prepared_with`'s preprocessing; a model whose
+def score_model(model_uri: str, samples: list[dict[str, Any]], prepared_with: Recipe, label: str,
+                shifts: Sequence[str] = ()) -> dict[str, Any]:
+    """Test summary (overall, per modality and, under `shifted`, per shifted copy) of the
+    segmenter behind `model_uri`, with its own recipe. The test images were prepared with `prepared_with`'s preprocessing; a model whose
     recipe preprocesses differently cannot be compared like for like on them."""
     try:
         network, recipe = load_segmenter(model_uri, fallback_recipe=prepared_with)
@@ -157,6 +206,9 @@ def score_model(model_uri: str, samples: list[dict[str, Any]], prepared_with: Re
                              "settings to compare it")
     per_image, _ = evaluate_model(network, samples, recipe, desc=f"promote {label}")
     summary = summarize(per_image)
+    if shifts:
+        summary["shifted"] = summarize_shifts(evaluate_shifted(network, samples, recipe, tuple(shifts),
+                                                               desc=f"promote {label}"))
     log.info("%s (%s): test DSB %.4f", label, model_uri, summary["overall"]["dsb"])
     return summary
 
@@ -192,7 +244,8 @@ def best_val_loss(client, run_id: str) -> float | None:
     return round(min(m.value for m in history), 5) if history else None
 
 
-def current_champion(client, name: str, scored: list[Candidate], samples, recipe: Recipe) -> Incumbent | None:
+def current_champion(client, name: str, scored: list[Candidate], samples, recipe: Recipe,
+                     shifts: Sequence[str] = ()) -> Incumbent | None:
     """The version holding `champion` now, or None if none does.
 
     A holder that is not a candidate is rescored on this test split: the DSB tagged on
@@ -210,9 +263,9 @@ def current_champion(client, name: str, scored: list[Candidate], samples, recipe
         return None
     for candidate in scored:
         if find_version(client, name, candidate) == int(version):
-            return Incumbent(candidate.name, candidate.dsb, int(version))
-    summary = score_model(f"models:/{name}/{version}", samples, recipe, f"current champion version {version}")
-    return Incumbent(f"version {version}", summary["overall"]["dsb"], int(version))
+            return Incumbent(candidate.name, candidate.dsb, int(version), group_scores(candidate.summary))
+    summary = score_model(f"models:/{name}/{version}", samples, recipe, f"current champion version {version}", shifts)
+    return Incumbent(f"version {version}", summary["overall"]["dsb"], int(version), group_scores(summary))
 
 
 def find_version(client, name: str, candidate: Candidate) -> int | None:
@@ -223,7 +276,8 @@ def find_version(client, name: str, candidate: Candidate) -> int | None:
     return None
 
 
-def register(client, name: str, candidate: Candidate, reason: str) -> int:
+def register(client, name: str, candidate: Candidate, reason: str, verdict: str = "",
+             extra_tags: Mapping[str, Any] | None = None) -> int:
     """Version number of `candidate` in the registry (created once), tagged and described."""
     import mlflow
 
@@ -231,7 +285,8 @@ def register(client, name: str, candidate: Candidate, reason: str) -> int:
     if version is None:
         version = int(mlflow.register_model(candidate.model_uri, name).version)
     runtime_choice = (mlflow.models.get_model_info(candidate.model_uri).metadata or {}).get("runtime_choice", {})
-    for key, value in version_tags(candidate, reason, runtime_choice).items():
+    tags = {**version_tags(candidate, reason, runtime_choice, verdict), **{k: str(v) for k, v in (extra_tags or {}).items()}}
+    for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
     overall = candidate.summary["overall"]
     client.update_model_version(name, str(version), description=(
@@ -253,14 +308,19 @@ def source_lineage(client, run_id: str, current: dict[str, str]) -> dict[str, st
     return {key: tags.get(key, value) for key, value in current.items()}
 
 
-def version_tags(candidate: Candidate, reason: str, runtime_choice: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """Tags a version carries: scores, lineage, the recipe's settings and the network runtime it
-    runs on (with the timings that chose it)."""
+def version_tags(candidate: Candidate, reason: str, runtime_choice: Mapping[str, Any] | None = None,
+                 verdict: str = "") -> dict[str, str]:
+    """Tags a version carries: scores (per modality and shifted copy), lineage, the recipe's
+    settings (the training nucleus size among them), the promotion gate's verdict and the network
+    runtime it runs on (with the timings that chose it)."""
     overall = candidate.summary["overall"]
     lineage = {key: value for key, value in candidate.lineage.items() if not key.startswith("mlflow.")}
     tags = {"candidate": candidate.name, "decision": reason, **lineage,
             **{key: str(overall[key]) for key in ("dsb", "pixel_iou", "pixel_dice")},
-            **{f"dsb_{modality}": str(values["dsb"]) for modality, values in candidate.summary["per_modality"].items()}}
+            **{f"dsb_{group}": str(value) for group, value in group_scores(candidate.summary).items()},
+            "nucleus_diameter": str(candidate.recipe.nucleus_diameter)}
+    if verdict:
+        tags["gate"] = verdict
     if candidate.val_loss is not None:
         tags["val_loss"] = str(candidate.val_loss)
     tags.update({f"recipe.{key}": str(value) for key, value in candidate.recipe.to_dict().items()})

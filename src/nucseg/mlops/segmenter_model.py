@@ -6,13 +6,15 @@ The network also travels as ONNX when the export reproduces it; the model's `run
 (`onnx` or `keras`) is whichever ran faster when it was logged, and can be overridden at load
 time (`mlflow.pyfunc.load_model(uri, model_config={"runtime": "keras"})`, or
 `MLFLOW_PYFUNC_INFERENCE_CONFIG='{"runtime": "keras"}'` for `mlflow models serve`), as can
-`threads` (ONNX Runtime threads, 0 = one per core). ONNX that cannot run where the model is
-loaded falls back to Keras with a warning.
+`threads` (ONNX Runtime threads, 0 = one per core) and `diameter` (the nuclei's width in pixels,
+as Cellpose users give it; by default estimated per image). ONNX that cannot run where the model
+is loaded falls back to Keras with a warning.
 
 Contract of `predict(DataFrame)`: a column `image` of encoded image bytes (PNG, TIFF or JPEG;
 any size; 8/16-bit; grey, RGB or RGBA) in, and per row `labels` (PNG-encoded uint16 instance
-labels), `nuclei` (count) and `error` (empty, or what is wrong with that row's image) out. One
-bad image never sinks the batch.
+labels), `nuclei` (count), `diameter` (nucleus width in pixels, estimated or given), `scale` (the
+factor the image was resized by for the network) and `error` (empty, or what is wrong with that
+row's image) out. One bad image never sinks the batch.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from nucseg.core.segment import Recipe, segment
 log = get_logger("nucseg.segmenter")
 
 ARTIFACT_NAME = "segmenter"
-OUTPUT_COLUMNS = ["labels", "nuclei", "error"]
+OUTPUT_COLUMNS = ["labels", "nuclei", "diameter", "scale", "error"]
 
 
 class SegmenterModel(mlflow.pyfunc.PythonModel):
@@ -46,6 +48,7 @@ class SegmenterModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.recipe = Recipe.from_dict(json.loads(Path(context.artifacts["recipe"]).read_text()))
         config = context.model_config or {}
+        self.diameter = _diameter(config.get("diameter"))
         self.runtime = config.get("runtime", "keras")
         if self.runtime not in runtime.RUNTIMES:
             raise ValueError(f"model_config runtime must be one of {runtime.RUNTIMES}, got {self.runtime!r}")
@@ -61,20 +64,34 @@ class SegmenterModel(mlflow.pyfunc.PythonModel):
         self.network = runtime.load_keras(context.artifacts["network"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        return predict_frame(self.network, self.recipe, model_input)
+        return predict_frame(self.network, self.recipe, model_input, self.diameter)
 
 
-def predict_frame(network, recipe: Recipe, frame: pd.DataFrame) -> pd.DataFrame:
+def _diameter(value: Any) -> float | None:
+    if value in (None, "", 0):
+        return None
+    try:
+        diameter = float(value)
+    except (TypeError, ValueError):
+        diameter = -1.0
+    if not diameter > 0:
+        raise ValueError(f"model_config diameter is the nuclei's width in pixels (> 0), got {value!r}")
+    return diameter
+
+
+def predict_frame(network, recipe: Recipe, frame: pd.DataFrame, diameter: float | None = None) -> pd.DataFrame:
     if "image" not in frame:
         raise ValueError(f"expected a column 'image' of encoded image bytes, got columns {list(frame.columns)}")
     rows = []
     for index, data in zip(frame.index, frame["image"]):
         name = f"row {index}"
         try:
-            labels = segment(network, io.decode_image(_as_bytes(data, name), name), recipe)
-            rows.append({"labels": io.encode_png(labels, name), "nuclei": count_nuclei(labels), "error": ""})
+            labels, size = segment(network, io.decode_image(_as_bytes(data, name), name), recipe, diameter)
+            rows.append({"labels": io.encode_png(labels, name), "nuclei": count_nuclei(labels),
+                         "diameter": round(size.diameter, 2), "scale": round(size.factor, 4), "error": ""})
         except Exception as err:  # noqa: BLE001 - one bad image never sinks the batch
-            rows.append({"labels": b"", "nuclei": 0, "error": f"{name}: {io.problem_of(err)}"})
+            rows.append({"labels": b"", "nuclei": 0, "diameter": 0.0, "scale": 0.0,
+                         "error": f"{name}: {io.problem_of(err)}"})
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 
 
@@ -117,6 +134,7 @@ def log_segmenter(network, recipe: Recipe, name: str = ARTIFACT_NAME) -> str:
     plain = uncompiled(network)
     signature = ModelSignature(inputs=Schema([ColSpec("binary", "image")]),
                                outputs=Schema([ColSpec("binary", "labels"), ColSpec("long", "nuclei"),
+                                               ColSpec("double", "diameter"), ColSpec("double", "scale"),
                                                ColSpec("string", "error")]))
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = {"network": str(Path(tmp) / "network.keras"), "recipe": str(Path(tmp) / "recipe.json")}
@@ -129,7 +147,7 @@ def log_segmenter(network, recipe: Recipe, name: str = ARTIFACT_NAME) -> str:
         info = mlflow.pyfunc.log_model(
             name=name, python_model=SegmenterModel(), artifacts=artifacts,
             code_paths=[str(Path(nucseg.__file__).parent)], signature=signature,
-            input_example=pd.DataFrame({"image": [_example_image()]}), model_config={"runtime": choice["runtime"], "threads": 0},
+            input_example=pd.DataFrame({"image": [_example_image()]}), model_config={"runtime": choice["runtime"], "threads": 0, "diameter": 0},
             metadata={"runtime_choice": choice},
             pip_requirements=serving_requirements(onnx="onnx" in artifacts))
     return info.model_uri

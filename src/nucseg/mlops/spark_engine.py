@@ -18,7 +18,7 @@ from nucseg.core.image_outputs import ROW_SCHEMA, ImageOutputs
 
 
 def score_with_spark(images: list[tuple[str, Path]], model_uri: str, modality_model: dict[str, Any] | None,
-                     geojson: bool = False, master: str = "local[2]",
+                     geojson: bool = False, master: str = "local[2]", diameter: float | None = None,
                      partitions: int | None = None) -> dict[str, ImageOutputs | str]:
     """{image id: its outputs, or what went wrong with it} for every image, scored by `model_uri`."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors use this environment's Python
@@ -31,13 +31,13 @@ def score_with_spark(images: list[tuple[str, Path]], model_uri: str, modality_mo
         rows = [(image_id, str(Path(path).resolve())) for image_id, path in images]
         frame = spark.createDataFrame(rows, "id string, path string")
         frame = frame.repartition(partitions or spark.sparkContext.defaultParallelism)
-        result = frame.mapInPandas(_partition_scorer(model_uri, modality_model, geojson), ROW_SCHEMA).collect()
+        result = frame.mapInPandas(_partition_scorer(model_uri, modality_model, geojson, diameter), ROW_SCHEMA).collect()
     finally:
         spark.stop()
     return {row.id: row.error if row.error else ImageOutputs.from_row(row) for row in result}
 
 
-def _partition_scorer(model_uri: str, modality_model: dict[str, Any] | None, geojson: bool):
+def _partition_scorer(model_uri: str, modality_model: dict[str, Any] | None, geojson: bool, diameter: float | None):
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
 
     def score(batches):
@@ -58,7 +58,7 @@ def _partition_scorer(model_uri: str, modality_model: dict[str, Any] | None, geo
             for image_id, path in zip(batch["id"], batch["path"]):
                 try:
                     rows.append(score_file(image_id, path, segmenter.network, segmenter.recipe, modality_model,
-                                           geojson).to_row())
+                                           geojson, diameter).to_row())
                 except Exception as err:  # noqa: BLE001 - one bad image never sinks the batch
                     rows.append({"id": image_id, "error": io.problem_of(err)})
             yield pd.DataFrame(rows, columns=columns, dtype=object)  # pyarrow-backed strings confuse Spark

@@ -1,7 +1,9 @@
 """Stage `evaluate`: whole-image instance segmentation of the `val` and `test` splits, scored as
 the field scores it (DSB2018 metric), per image and per modality, logged into the training run.
 
-`test` is the final report: nothing was chosen on it, so its DSB is the honest estimate."""
+`test` is the final report: nothing was chosen on it, so its DSB is the honest estimate. Its
+shifted copies (`evaluate.shifts`: other magnifications, darker, brighter, noisier; see
+`core.shifts`) say what another microscope would do to the model: `test_<shift>_dsb` metrics."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import pandas as pd
 
 from nucseg import io
 from nucseg.config import get_logger
-from nucseg.core.evaluation import evaluate_model, load_split_samples, summarize, threshold_curve
+from nucseg.core.evaluation import (evaluate_model, evaluate_shifted, load_split_samples, summarize, summarize_shifts,
+                                   threshold_curve)
 from nucseg.core.overlay import overlay_panel
 from nucseg.core.segment import Recipe
 from nucseg.mlops import datasets, tracking
@@ -21,12 +24,17 @@ from nucseg.mlops import datasets, tracking
 log = get_logger("nucseg.evaluate")
 
 
+def shift_metrics(shifted: dict[str, dict[str, float]]) -> dict[str, float]:
+    """`test_<shift>_dsb[_<modality>]`: one MLflow metric per shifted copy (and modality)."""
+    return {f"test_{shift}_{key}": value for shift, values in shifted.items() for key, value in values.items()}
+
+
 def log_to_run(summaries: dict[str, dict[str, Any]], per_image: pd.DataFrame, samples, predictions, params,
                reports: dict) -> None:
-    """Final `val_*` and `test_*` metrics, and overlays of the test images, into the active run."""
+    """Final `val_*`, `test_*` and shifted-copy metrics, and overlays of the test images, into the active run."""
     import mlflow
 
-    flat = {}
+    flat = shift_metrics(summaries["test"].get("shifted", {}))
     for split, summary in summaries.items():
         flat.update({f"{split}_{k}": v for k, v in summary["overall"].items() if k != "images"})
         for modality, values in summary["per_modality"].items():
@@ -46,7 +54,8 @@ def run(params: dict[str, Any], model_dir: str | Path = "models/untuned", split_
         samples_dir: str | Path = "artifacts/prepared", metrics_path: str | Path = "reports/eval_metrics.json",
         per_image_path: str | Path = "reports/eval_per_image.csv",
         per_modality_path: str | Path = "reports/eval_per_modality.csv",
-        thresholds_path: str | Path = "reports/eval_thresholds.csv") -> dict[str, Any]:
+        thresholds_path: str | Path = "reports/eval_thresholds.csv",
+        shifted_path: str | Path = "reports/eval_shifted.csv") -> dict[str, Any]:
     import keras
     import mlflow
 
@@ -57,6 +66,9 @@ def run(params: dict[str, Any], model_dir: str | Path = "models/untuned", split_
     results = {split: evaluate_model(model, part, recipe, desc=f"evaluate {split}") for split, part in samples.items()}
     summaries = {split: summarize(per_image) for split, (per_image, _) in results.items()}
     test, predictions = results["test"]
+    shifted = evaluate_shifted(model, samples["test"], recipe, tuple(params["evaluate"]["shifts"]), desc="evaluate test")
+    summaries["test"]["shifted"] = summarize_shifts(shifted)
+    io.write_csv(shifted_path, shifted.round(5))
     per_modality = pd.DataFrame([{"modality": m, **v} for m, v in summaries["test"]["per_modality"].items()])
     io.write_csv(per_image_path, pd.concat([per_image.assign(split=split) for split, (per_image, _) in results.items()],
                                            ignore_index=True).round(5))
@@ -68,7 +80,9 @@ def run(params: dict[str, Any], model_dir: str | Path = "models/untuned", split_
     with mlflow.start_run(run_id=run_id):
         datasets.log_split_inputs(split_path, ("test",), params)
         log_to_run(summaries, test, samples["test"], predictions, params,
-                   {"per_image": per_image_path, "per_modality": per_modality_path, "thresholds": thresholds_path})
-    log.info("DSB: val %.4f, test %.4f; test per modality %s", summaries["val"]["overall"]["dsb"],
-             summaries["test"]["overall"]["dsb"], {m: v["dsb"] for m, v in summaries["test"]["per_modality"].items()})
+                   {"per_image": per_image_path, "per_modality": per_modality_path, "thresholds": thresholds_path,
+                    "shifted": shifted_path})
+    log.info("DSB: val %.4f, test %.4f; test per modality %s; shifted test copies %s", summaries["val"]["overall"]["dsb"],
+             summaries["test"]["overall"]["dsb"], {m: v["dsb"] for m, v in summaries["test"]["per_modality"].items()},
+             {shift: v["dsb"] for shift, v in summaries["test"]["shifted"].items()})
     return summaries

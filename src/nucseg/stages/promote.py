@@ -14,6 +14,7 @@ keeps serving what it served.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,8 +24,8 @@ from nucseg.core.evaluation import load_split_samples
 from nucseg.core.segment import Recipe
 from nucseg.mlops import access, datasets, tracking
 from nucseg.mlops.registry import (CHALLENGER, CHAMPION, Candidate, Decision, Incumbent, best_val_loss,
-                                   current_champion, decide, move_aliases, package, promotion_lock, read_recipe,
-                                   read_run_info, register, score_model, source_lineage)
+                                   current_champion, decide, gate, group_scores, move_aliases, package, promotion_lock,
+                                   read_recipe, read_run_info, register, score_model, source_lineage, verdicts)
 
 log = get_logger("nucseg.promote")
 
@@ -37,7 +38,8 @@ CANDIDATES = {"untuned": "models/untuned", "tuned": "models/tuned"}
 def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATES,
         split_path: str | Path = "artifacts/split.csv", samples_dir: str | Path = "artifacts/prepared",
         metrics_path: str | Path = "reports/promotion.json",
-        report_path: str | Path = "reports/promotion.md") -> dict[str, Any]:
+        report_path: str | Path = "reports/promotion.md",
+        unseen_path: str | Path = "reports/unseen_types.json") -> dict[str, Any]:
     """Score, register, alias, report; returns what `metrics_path` holds. Two promotions at
     once (two `dvc repro` in one project, or against one local store) take turns."""
     import mlflow
@@ -52,16 +54,25 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
         prepared_with = Recipe.from_params(params)  # how the test samples were prepared
         segmenters = {cand: package(client, run_id, uri, recipes[cand]) for cand, (run_id, uri) in sources.items()}
         samples = load_split_samples(split_path, samples_dir, "test")
+        shifts = tuple(params["evaluate"]["shifts"])
         scored = [Candidate(cand, run_id, segmenters[cand],
-                            score_model(segmenters[cand], samples, prepared_with, cand),
+                            score_model(segmenters[cand], samples, prepared_with, cand, shifts),
                             best_val_loss(client, run_id), source_lineage(client, run_id, lineage), recipes[cand])
                   for cand, (run_id, _) in sources.items()]
-        incumbent = current_champion(client, name, scored, samples, prepared_with)
+        incumbent = current_champion(client, name, scored, samples, prepared_with, shifts)
         decision = decide({c.name: c.dsb for c in scored}, (incumbent.label, incumbent.dsb) if incumbent else None,
                           float(params["promote"]["margin"]))
+        groups = {c.name: group_scores(c.summary) for c in scored}
+        if incumbent:
+            groups.setdefault(incumbent.label, incumbent.groups)
+        max_loss = float(params["promote"]["max_loss"])
+        replaced = incumbent.label if incumbent else None
+        decision = gate(decision, groups, max_loss, replaced)
         log.info("decision: %s", decision.reason)
+        verdict = verdicts(groups, replaced or decision.challenger, max_loss)
 
-        versions = {c.name: register(client, name, c, decision.reason) for c in scored}
+        unseen = unseen_tags(unseen_path)
+        versions = {c.name: register(client, name, c, decision.reason, verdict[c.name], unseen) for c in scored}
         if incumbent:
             versions.setdefault(incumbent.label, incumbent.version)
         experiment = tracking.dvc_experiment()
@@ -73,7 +84,8 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
             refused = try_move_aliases(client, name, versions[decision.champion],
                                        versions[decision.challenger] if decision.challenger else None)
 
-        result = promotion_table(scored, versions, decision, incumbent)
+        result = promotion_table(scored, versions, decision, incumbent, verdict)
+        result.update(unseen)
         result["aliases_moved"] = experiment is None and refused is None
         if experiment:
             result["dvc_experiment"] = experiment[0]
@@ -83,6 +95,19 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
         io.atomic_write_text(report_path, promotion_markdown(result))
         log_promote_run(result, lineage, metrics_path, report_path, split_path, params)
         return result
+
+
+def unseen_tags(path: str | Path) -> dict[str, Any]:
+    """What the `unseen` stage measured for the training recipe (leave-type-out DSB per held-out
+    image type and their mean): every version trained by it carries them."""
+    path = Path(path)
+    if not path.exists():
+        log.warning("%s not found: versions will not say how the recipe does on unseen image types "
+                    "(run `dvc repro unseen`)", path)
+        return {}
+    summary = json.loads(path.read_text())
+    return {"unseen_type_dsb_mean": summary["mean_dsb"],
+            **{f"unseen_type_dsb.{t.replace(' ', '_')}": v["dsb"] for t, v in summary["per_type"].items()}}
 
 
 def try_move_aliases(client, name: str, champion: int, challenger: int | None) -> str | None:
@@ -102,12 +127,14 @@ def try_move_aliases(client, name: str, champion: int, challenger: int | None) -
 
 
 def promotion_table(scored: list[Candidate], versions: dict[str, int], decision: Decision,
-                    incumbent: Incumbent | None) -> dict[str, Any]:
+                    incumbent: Incumbent | None, verdict: dict[str, str]) -> dict[str, Any]:
     """The DVC metrics file: one entry per candidate, plus who holds which alias and why."""
     table = {"candidates": {c.name: {
         "version": versions[c.name], "run_id": c.run_id, "model_uri": c.model_uri, "loss": c.val_loss,
         **{key: c.summary["overall"][key] for key in ("dsb", "pixel_iou", "pixel_dice")},
-        "dsb_per_modality": {m: v["dsb"] for m, v in c.summary["per_modality"].items()}} for c in scored},
+        "dsb_per_modality": {m: v["dsb"] for m, v in c.summary["per_modality"].items()},
+        "dsb_shifted": {shift: v["dsb"] for shift, v in c.summary.get("shifted", {}).items()},
+        "nucleus_diameter": c.recipe.nucleus_diameter, "gate": verdict.get(c.name, "")} for c in scored},
         CHAMPION: decision.champion, "champion_version": versions[decision.champion],
         CHALLENGER: decision.challenger,
         "challenger_version": versions[decision.challenger] if decision.challenger else None,
@@ -121,16 +148,19 @@ def promotion_markdown(table: dict[str, Any]) -> str:
     """The tuned-vs-untuned table a reviewer reads, with the decision under it."""
     candidates = table["candidates"]
     modalities = sorted({m for c in candidates.values() for m in c["dsb_per_modality"]})
+    shifts = list(dict.fromkeys(s for c in candidates.values() for s in c.get("dsb_shifted", {})))
     would = "" if table.get("aliases_moved", True) else "would be "
     aliases = {table["champion_version"]: would + CHAMPION, table["challenger_version"]: would + CHALLENGER}
-    header = ["candidate", "version", "alias", "val loss", "DSB", "pixel IoU", "Dice", *(f"DSB {m}" for m in modalities)]
+    header = ["candidate", "version", "alias", "val loss", "DSB", "pixel IoU", "Dice", *(f"DSB {m}" for m in modalities),
+              *(f"DSB {s}" for s in shifts)]
     rows = [[name, c["version"], aliases.get(c["version"], ""), _fmt(c["loss"]), _fmt(c["dsb"]), _fmt(c["pixel_iou"]),
-             _fmt(c["pixel_dice"]), *(_fmt(c["dsb_per_modality"].get(m)) for m in modalities)]
+             _fmt(c["pixel_dice"]), *(_fmt(c["dsb_per_modality"].get(m)) for m in modalities),
+             *(_fmt(c.get("dsb_shifted", {}).get(s)) for s in shifts)]
             for name, c in candidates.items()]
     if "previous_champion" in table:
         prev = table["previous_champion"]
         rows.append([f"{prev['label']} (champion before)", prev["version"], aliases.get(prev["version"], ""), "–",
-                     _fmt(prev["dsb"]), "–", "–", *("–" for _ in modalities)])
+                     _fmt(prev["dsb"]), "–", "–", *("–" for _ in [*modalities, *shifts])])
     outcome = (f"**Champion:** {_who(table['champion'], table['champion_version'])}; "
                f"**challenger:** {_who(table['challenger'], table['challenger_version'])}.")
     if not table.get("aliases_moved", True):
@@ -138,9 +168,12 @@ def promotion_markdown(table: dict[str, Any]) -> str:
                 f"No alias moved: {table['aliases_refused']}. A promoter moves them with `nucseg promote`.")
         outcome = (f"{lead} It would make {_who(table['champion'], table['champion_version'])} "
                    f"champion and {_who(table['challenger'], table['challenger_version'])} challenger.")
-    lines = ["# Promotion: tuned vs untuned", "", "Scored on the `test` split, which chose nothing before this.", "",
+    gates = [f"- {name}: {c['gate']}" for name, c in candidates.items() if c.get("gate")]
+    lines = ["# Promotion: tuned vs untuned", "", "Scored on the `test` split, which chose nothing before this, and on "
+             "its shifted copies (`x2`: magnified twice, ...).", "",
              _row(header), _row(["---"] * len(header)), *map(_row, rows), "", outcome, "",
-             f"**Why:** {table['reason']}.", ""]
+             f"**Why:** {table['reason']}.", "", *(["**Gate** (no modality or shifted copy may lose more than "
+                                                  "`promote.max_loss`):", *gates, ""] if gates else [])]
     return "\n".join(lines)
 
 

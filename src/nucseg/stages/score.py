@@ -126,9 +126,11 @@ ENGINES = ("local", "spark")
 
 
 def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: dict[str, Any],
-        geojson: bool = False, engine: str = "local", master: str = "local[2]") -> ScoreResult:
+        geojson: bool = False, engine: str = "local", master: str = "local[2]",
+        diameter: float | None = None) -> ScoreResult:
     """Score every image of `input_dir` (DSB layout or flat) into `output_dir`; see module doc.
     `params` only says where the modality model is; the segmentation settings are the model's.
+    `diameter`: the nuclei's width in pixels, when the user knows it; else each image's is estimated.
 
     `engine="spark"` scores on Spark (`master`: `local[N]` or a cluster URL): executors segment,
     draw and measure, and this process writes what comes back, the same files as the local engine.
@@ -146,13 +148,13 @@ def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: d
         from nucseg.mlops.spark_engine import score_with_spark
 
         log.info("score: scoring %d image(s) on Spark (%s)", len(images), master)
-        on_spark = score_with_spark(images, source["loaded_uri"], modality_model, geojson, master)
+        on_spark = score_with_spark(images, source["loaded_uri"], modality_model, geojson, master, diameter)
     result, rows, counts, measurements = ScoreResult(), [], [], []
     for image_id, path in tqdm(images, desc=f"score: {'writing' if engine == 'spark' else 'scoring'} images",
                                unit="image"):
         try:
             outputs = _from_spark(on_spark[image_id], path) if engine == "spark" else \
-                score_file(image_id, path, network, recipe, modality_model, geojson)
+                score_file(image_id, path, network, recipe, modality_model, geojson, diameter)
         except Exception as err:  # noqa: BLE001 - one bad image never sinks the batch
             problem = io.problem_of(err)
             log.error("not scored: %s: %s", path, problem)
@@ -164,7 +166,8 @@ def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: d
         nuclei = outputs.measurements
         counts.append({"ImageId": image_id, "nuclei": len(nuclei),
                        "mean_area_px": round(float(nuclei["area"].mean()), 2) if len(nuclei) else 0.0,
-                       "modality": outputs.modality})
+                       "modality": outputs.modality, "diameter_px": round(outputs.size.diameter, 2),
+                       "scale": round(outputs.size.factor, 4)})
         result.scored.append(image_id)
     _write_tables(output_dir, rows, counts, measurements, result.failed, source)
     log.info("scored %d image(s) into %s; %d failed", len(result.scored), output_dir, len(result.failed))
@@ -185,6 +188,9 @@ def _write_image_outputs(output_dir: Path, outputs: ImageOutputs) -> None:
 
 
 MEASUREMENT_COLUMNS = ["ImageId", *COLUMNS]
+# diameter_px: the nuclei's median width as estimated (or given); scale: the factor the image was
+# resized by before the network, so nuclei reached the size it was trained at.
+COUNT_COLUMNS = ["ImageId", "nuclei", "mean_area_px", "modality", "diameter_px", "scale"]
 TABLES = ("submission.csv", "counts.csv", "measurements.csv", "model.json", "errors.csv")
 
 
@@ -199,7 +205,7 @@ def _write_tables(output_dir: Path, rows, counts, measurements, failed, source: 
     same folder is removed rather than left to mislead."""
     io.write_csv(output_dir / "submission.csv", pd.DataFrame(rows, columns=["ImageId", "EncodedPixels"]))
     io.write_csv(output_dir / "counts.csv",
-                 pd.DataFrame(counts, columns=["ImageId", "nuclei", "mean_area_px", "modality"]))
+                 pd.DataFrame(counts, columns=COUNT_COLUMNS))
     table = pd.concat(measurements, ignore_index=True) if measurements else pd.DataFrame()
     io.write_csv(output_dir / "measurements.csv", table.reindex(columns=MEASUREMENT_COLUMNS).round(4))
     io.write_json(output_dir / "model.json", source)
@@ -210,7 +216,7 @@ def _write_tables(output_dir: Path, rows, counts, measurements, failed, source: 
         errors.unlink(missing_ok=True)
 
 
-def predict_one(model_uri: str, image_path: str | Path, output_dir: str | Path) -> int:
+def predict_one(model_uri: str, image_path: str | Path, output_dir: str | Path, diameter: float | None = None) -> int:
     """Segment one image into `<id>_labels.png` and `<id>_overlay.png`; returns its nucleus count.
 
     The image is read before the model is loaded, so a bad file fails fast with `io.ImageError`.
@@ -218,8 +224,8 @@ def predict_one(model_uri: str, image_path: str | Path, output_dir: str | Path) 
     image_path, output_dir = Path(image_path), Path(output_dir)
     image = io.read_image(image_path)
     network, recipe, _ = load_model(model_uri)
-    labels = segment(network, image, recipe)
+    labels, size = segment(network, image, recipe, diameter)
     image_id = io.image_id_of(image_path)
     io.write_png(output_dir / f"{image_id}_labels.png", labels)
-    io.write_png(output_dir / f"{image_id}_overlay.png", overlay_of(image, labels, recipe))
+    io.write_png(output_dir / f"{image_id}_overlay.png", overlay_of(image, labels, recipe, size))
     return count_nuclei(labels)

@@ -65,7 +65,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
             model = keras.saving.load_model(work_dir / "best.keras")
         model_dir.mkdir(parents=True, exist_ok=True)
         model.save(model_dir / "model.keras")
-        chosen = choose_recipe(model, params, val, model_dir)
+        chosen = choose_recipe(model, params, train, val, model_dir)
         io.write_csv(model_dir / "history.csv", history)
         figure = model_dir / "training_curves.png"
         curves_figure(history, figure)

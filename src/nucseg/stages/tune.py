@@ -130,15 +130,15 @@ class UNetHyperModel(kt.HyperModel):
     first epoch trained (every trial, a hyperband continuation included, then sees the batches a
     from-scratch run would, so scores differ by hyperparameters rather than by data luck) and
     scores the trained model on the whole `val` images (`val_samples`, with their labels) with the
-    params' post-processing. Trials are ranked without test-time augmentation or enlarging small
-    nuclei: both multiply the network time of every trial's scoring, and the kept model gets them
+    params' post-processing. Trials are ranked without test-time augmentation or rescaling to the
+    training nucleus size: both multiply the network time of every trial's scoring, and the kept model gets them
     back with its thresholds."""
 
     def __init__(self, params: dict[str, Any], val_samples: list[dict[str, Any]]):
         super().__init__(name="unet")
         self.params = params
         self.val_samples = val_samples
-        self.recipe = dataclasses.replace(Recipe.from_params(params), tta="none", upscale_below=0.0)
+        self.recipe = dataclasses.replace(Recipe.from_params(params), tta="none", rescale=False)
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         return build_hypermodel(hp, self.params)
@@ -457,7 +457,7 @@ def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tupl
             model = load_trial_model(tuner, best)
             mlflow.log_metrics({name: metrics[name] for name in VAL_METRICS[1:]})  # as a trained run has them
         model.save(model_dir / "model.keras")
-        chosen = training.choose_recipe(model, tuned, val_images, model_dir)
+        chosen = training.choose_recipe(model, tuned, samples[0], val_images, model_dir)
         model_uri = log_keras_model(model)
         io.write_json(model_dir / "run.json",
                       {"run_id": active.info.run_id, "model_uri": model_uri, "hyperparameters": values})
