@@ -14,7 +14,7 @@ Steps are cumulative, from the seeds'-notebook baseline to the pipeline's defaul
                network and thresholds)
   pipeline     the pipeline's own untuned network (models/untuned, trained by `dvc repro`): the
                params' full budget and early stopping instead of `--epochs`, its own recipe
-               (thresholds, TTA, small nuclei enlarged: the steps before it never enlarge)
+               (thresholds, TTA, nuclei brought to the training size: the steps before it never rescale)
 
 The tuner's step is the pipeline's own `tune` run (reports/promotion.json). Every training gets
 the same fixed budget (`--epochs`, not minutes, so a busy machine changes the time, not the
@@ -68,7 +68,7 @@ def step_params(params: dict, step: str) -> dict:
     if upto < STEPS.index("thresholds"):
         p["postprocess"]["search"] = {}
     p["inference"]["tta"] = tta_views(params) if upto >= STEPS.index("tta") else "none"
-    p["inference"]["upscale_below"] = 0.0
+    p["inference"]["rescale"] = False
     return p
 
 

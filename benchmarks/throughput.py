@@ -3,7 +3,7 @@
 Run from the project root after `dvc repro prepare`:  python benchmarks/throughput.py
 Prints numbers; asserts nothing. Uses the default params (model, crops, batch size, workers) and
 the model's own recipe (`recipe.json` beside it; the params' without one), timed with each TTA and
-with enlarging small nuclei on (`upscale_below` of the recipe) and off.
+with nuclei brought to the training size (`rescale` of the recipe) and without.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def training_throughput(params: dict, samples: list[dict], steps: int) -> float:
 
 def inference_throughput(recipe: Recipe, model_path: Path | None, images: list[np.ndarray],
                          params: dict) -> tuple[float, float]:
-    """Megapixels/s of the maps alone (the network; with enlarging, also the first pass's watershed
-    that measures the nuclei) and of the whole segmenter on prepared uint8 images."""
+    """Megapixels/s of the maps alone (the network; with `rescale`, also the size estimate's
+    watersheds) and of the whole segmenter on prepared uint8 images."""
     model = keras.saving.load_model(model_path, compile=False) if model_path else build_model(params["model"], params["train"])
     for image in images[:2]:  # trace each size once
         segmentation_maps(model, image, recipe)
@@ -76,12 +76,11 @@ def main() -> None:
               load_samples([Path("artifacts/prepared") / f"{i}.npz" for i in val_ids], desc="benchmark: loading")]
     stored = args.model.parent / "recipe.json"
     base = Recipe.from_dict(json.loads(stored.read_text())) if stored.exists() else Recipe.from_params(params)
-    settings = [(tta, upscale_below) for upscale_below in dict.fromkeys((base.upscale_below, 0.0))
-                for tta in args.tta.split(",")]
-    for tta, upscale_below in settings:
-        recipe = dataclasses.replace(base, tta=tta, upscale_below=upscale_below)
+    settings = [(tta, rescale) for rescale in dict.fromkeys((base.rescale, False)) for tta in args.tta.split(",")]
+    for tta, rescale in settings:
+        recipe = dataclasses.replace(base, tta=tta, rescale=rescale)
         network, total = inference_throughput(recipe, args.model if args.model.exists() else None, images, params)
-        print(f"inference (tta={recipe.tta}, upscale_below={recipe.upscale_below:g}): {network:.2f} megapixels/s "
+        print(f"inference (tta={recipe.tta}, rescale={recipe.rescale}): {network:.2f} megapixels/s "
               f"network only, {total:.2f} megapixels/s with watershed, {1 / total:.2f} s per megapixel "
               f"({len(images)} validation images, {sum(i.size // 3 for i in images) / 1e6:.2f} megapixels)", flush=True)
 

@@ -3,6 +3,7 @@ images with one short epoch, in a temporary copy of the project; then the MLflow
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -52,6 +53,12 @@ def test_pipeline_ends_with_champion_and_submission(pipeline):
     challenger = client.get_model_version_by_alias("nucseg-unet", "challenger")
     assert champion.version != challenger.version
     assert {"data_md5", "git_commit"} <= set(champion.tags)
+    # the training nucleus size, the promotion gate's verdict, the shifted copies and unseen types
+    assert float(champion.tags["nucleus_diameter"]) > 0
+    assert champion.tags["gate"].startswith(("passed", "reference"))
+    assert {"dsb_x2", "dsb_darker", "unseen_type_dsb_mean"} <= set(champion.tags)
+    untuned_run = client.get_run(json.loads((pipeline / "models" / "untuned" / "run.json").read_text())["run_id"])
+    assert {"test_x2_dsb", "test_darker_dsb"} <= set(untuned_run.data.metrics)
 
     submission = pd.read_csv(pipeline / "outputs" / "stage1_test" / "submission.csv", keep_default_na=False)
     assert list(submission.columns) == ["ImageId", "EncodedPixels"]
@@ -68,7 +75,8 @@ def test_pipeline_ends_with_champion_and_submission(pipeline):
     assert (split.groupby("group")["split"].nunique() == 1).all()
     assert champion.tags["data_version"].startswith("dsb2018-")
 
-    for metric in ("data_summary", "split_summary", "eval_metrics", "promotion", "tune_metrics", "train_metrics"):
+    for metric in ("data_summary", "split_summary", "eval_metrics", "promotion", "tune_metrics", "train_metrics",
+                   "unseen_types"):
         assert (pipeline / "reports" / f"{metric}.json").exists(), metric
     assert "Data and pipelines are up to date" in (pipeline / "second_repro.log").read_text()
 
