@@ -29,9 +29,9 @@ def test_a_member_runs_the_pipeline_and_registers_but_moves_no_alias(tracking_se
     assert not (project_on_server / "mlflow.db").exists()  # nothing went to a local store
 
     stages = {stage for (stage,) in query(tracking_server, "SELECT value FROM tags WHERE key = 'stage'")}
-    assert stages == {"train", "tune", "promote"}
+    assert stages == {"train", "unseen", "tune", "promote"}
     finished = query(tracking_server, "SELECT count(*) FROM runs WHERE status = 'FINISHED'")[0][0]
-    assert finished >= 4  # untuned, tune parent + trials, tuned, promote
+    assert finished >= 5  # untuned, unseen types, tune parent + trials, tuned, promote
     report = json.loads((project_on_server / "reports" / "promotion.json").read_text())
     assert sorted(pipeline_versions(client, report)) == sorted(c["version"] for c in report["candidates"].values())
     assert len(pipeline_versions(client, report)) == 2  # each candidate registered once
