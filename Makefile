@@ -6,7 +6,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup data repro test ui server
+.PHONY: setup data repro test test-fast ui server
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ data: setup
 
 repro: data
 	dvc repro
+
+test-fast: data
+	python -m pytest -m "not slow and not server"   # the edit-test loop: no pipeline runs, no server
 
 test: data
 	python -m pytest -m "not server"

@@ -68,6 +68,19 @@ def test_gate_refuses_a_better_candidate_that_loses_on_one_modality():
     assert verdicts["tuned"] == "refused: trails untuned on histology by 0.0500"
 
 
+def test_verdicts_after_a_refusal_are_measured_against_the_model_the_gate_kept():
+    # Each loses a group to the other (as in a real run: tuned ahead on histology, behind on
+    # brightfield). The refused candidate's verdict says refused; the kept one is the reference.
+    groups = {"untuned": {"histology": 0.27, "brightfield": 0.34}, "tuned": {"histology": 0.31, "brightfield": 0.29}}
+    decision = registry.decide({"untuned": 0.59, "tuned": 0.60}, None, margin=0.005)
+    reference = registry.gate_reference(decision, None)
+    gated = registry.gate(decision, groups, max_loss=0.03, current_champion=None)
+    assert (reference, gated.champion) == ("untuned", "untuned")
+    verdicts = registry.verdicts(groups, reference, 0.03)
+    assert verdicts == {"untuned": "reference", "tuned": "refused: trails untuned on brightfield by 0.0500"}
+    assert registry.gate_reference(decision, "version 3") == "version 3"
+
+
 def test_gate_lets_a_candidate_within_the_loss_through_and_measures_against_the_current_champion():
     decision = registry.decide({"untuned": 0.58, "tuned": 0.60}, None, margin=0.005)
     assert registry.gate(decision, GROUPS, max_loss=0.06, current_champion=None).champion == "tuned"
@@ -216,6 +229,18 @@ def test_better_tuned_model_is_champion_and_rerun_is_idempotent(world, promote, 
     assert _versions() == versions and len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'")) == 2
     assert _aliases() == {"champion": versions["tuned"], "challenger": versions["untuned"]}
     assert again["champion_version"] == result["champion_version"]
+
+
+def test_a_refused_candidate_is_challenger_and_the_version_tags_say_so(world, promote, params):
+    # A max_loss of -2 asks every group to gain 2 DSB, which no model can: the better model is refused.
+    params["promote"]["max_loss"] = -2.0
+    result = promote(untuned=world.bad, tuned=world.good)
+    versions = _versions()
+    assert _aliases() == {"champion": versions["untuned"], "challenger": versions["tuned"]}
+    assert "tuned is refused" in result["reason"]
+    client = mlflow.MlflowClient()
+    assert client.get_model_version(NAME, str(versions["untuned"])).tags["gate"] == "reference"
+    assert client.get_model_version(NAME, str(versions["tuned"])).tags["gate"].startswith("refused: trails untuned on")
 
 
 def test_worse_tuned_model_is_challenger(world, promote):

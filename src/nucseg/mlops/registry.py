@@ -104,13 +104,19 @@ def losses(candidate: Mapping[str, float], reference: Mapping[str, float], max_l
     return {group: loss for group, loss in lost.items() if loss > max_loss}
 
 
+def gate_reference(decision: Decision, current_champion: str | None) -> str | None:
+    """The model a promotion would replace, which the gate measures candidates against: the
+    current champion, or on a first promotion the runner-up."""
+    return decision.challenger if current_champion is None else current_champion
+
+
 def gate(decision: Decision, groups: Mapping[str, Mapping[str, float]], max_loss: float,
          current_champion: str | None) -> Decision:
-    """`decision`, unless its champion would replace a model (`current_champion`; on a first
-    promotion, the runner-up) that it beats overall but trails by more than `max_loss` on some
-    modality or shifted copy: users of that group would get a worse model, so the one it would
-    replace is champion and the refused one challenger. `groups`: per contender, `group_scores`."""
-    reference = decision.challenger if current_champion is None else current_champion
+    """`decision`, unless its champion would replace a model (`gate_reference`) that it beats
+    overall but trails by more than `max_loss` on some modality or shifted copy: users of that
+    group would get a worse model, so the one it would replace is champion and the refused one
+    challenger. `groups`: per contender, `group_scores`."""
+    reference = gate_reference(decision, current_champion)
     if reference is None or reference == decision.champion:
         return decision
     lost = losses(groups[decision.champion], groups[reference], max_loss)

@@ -24,7 +24,7 @@ from nucseg.core.evaluation import load_split_samples
 from nucseg.core.segment import Recipe
 from nucseg.mlops import access, datasets, tracking
 from nucseg.mlops.registry import (CHALLENGER, CHAMPION, Candidate, Decision, Incumbent, best_val_loss,
-                                   current_champion, decide, gate, group_scores, move_aliases, package, promotion_lock,
+                                   current_champion, decide, gate, gate_reference, group_scores, move_aliases, package, promotion_lock,
                                    read_recipe, read_run_info, register, score_model, source_lineage, verdicts)
 
 log = get_logger("nucseg.promote")
@@ -67,9 +67,10 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
             groups.setdefault(incumbent.label, incumbent.groups)
         max_loss = float(params["promote"]["max_loss"])
         replaced = incumbent.label if incumbent else None
+        reference = gate_reference(decision, replaced)
         decision = gate(decision, groups, max_loss, replaced)
         log.info("decision: %s", decision.reason)
-        verdict = verdicts(groups, replaced or decision.challenger, max_loss)
+        verdict = verdicts(groups, reference, max_loss)
 
         unseen = unseen_tags(unseen_path)
         versions = {c.name: register(client, name, c, decision.reason, verdict[c.name], unseen) for c in scored}
