@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import BIN, N_TEST, ROOT, build_project, free_port, pipeline_env, sh, wait_until_up
+from conftest import BIN, N_TEST, build_project, free_port, pipeline_env, sh, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +123,7 @@ def wait_for_text(driver, *texts: str, timeout: float = 60) -> str:
     return driver.find_element(By.TAG_NAME, "body").text
 
 
-def test_mlflow_ui_shows_runs_champion_and_overlays(pipeline, mlflow_server, browser):
+def test_mlflow_ui_shows_runs_champion_and_overlays(pipeline, mlflow_server, browser, tmp_path):
     import mlflow
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -132,8 +132,7 @@ def test_mlflow_ui_shows_runs_champion_and_overlays(pipeline, mlflow_server, bro
     experiment = mlflow.get_experiment_by_name("nucseg")
     untuned = mlflow.search_runs([experiment.experiment_id], filter_string="tags.model_kind = 'untuned'",
                                  output_format="list")[0]
-    shots = ROOT / "reports"
-    shots.mkdir(exist_ok=True)
+    shots = tmp_path  # screenshots for a person debugging a failure, never into the tracked tree
 
     # The experiment is of the model-training kind. MLflow 3.17's UI picks an experiment's landing
     # page from its GenAI / Model training switch (default GenAI), so the README's link sets it.
