@@ -38,6 +38,7 @@ def parent_run(root) -> str:
     return json.loads((root / "models" / "tuner" / tune.STATE_FILE).read_text())["run_id"]
 
 
+@pytest.mark.slow  # three real searches
 def test_saved_search_resumes_only_on_the_same_data_split_and_code(project, caplog):
     assert run_tune(project)["trials_this_session"] == 1
     first = parent_run(project)

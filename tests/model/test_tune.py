@@ -19,6 +19,8 @@ from nucseg import config
 from nucseg.mlops.logged_models import MlflowLive
 from nucseg.stages import tune
 
+pytestmark = pytest.mark.slow  # every test here runs a real Keras Tuner search
+
 ROOT = Path(__file__).resolve().parents[2]
 SPACE_NAMES = ("base_filters", "depth", "dropout", "learning_rate", "bce_weight", "dice_weight")
 
