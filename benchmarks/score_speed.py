@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import tempfile
 import time
@@ -40,7 +39,7 @@ PEAK_DISTANCE = 4  # pixels between two seeds of the distance watershed
 
 def classical_labels(image: np.ndarray) -> np.ndarray:
     """Instance labels by Otsu + distance-transform watershed."""
-    rgb = io.to_rgb(image)[..., :3].astype(np.float32)
+    rgb = io.to_rgb(image).astype(np.float32)
     grey = rgb.mean(axis=-1) / (65535.0 if rgb.max() > 255 else 255.0)
     if bright_background(grey):
         grey = 1.0 - grey
@@ -60,7 +59,7 @@ def megapixels_of(paths: list[Path]) -> float:
 def time_nucseg_score(folder: Path, model_uri: str) -> float:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        subprocess.run([shutil.which("nucseg") or "nucseg", "score", "--input", str(folder), "--output", out,
+        subprocess.run(["nucseg", "score", "--input", str(folder), "--output", out,
                         "--model-uri", model_uri], check=True, stdout=subprocess.DEVNULL)
         return time.perf_counter() - start
 

@@ -61,7 +61,7 @@ GROUPS = {"untuned": {"fluorescence": 0.65, "histology": 0.30, "x4": 0.55},
 
 def test_gate_refuses_a_better_candidate_that_loses_on_one_modality():
     decision = registry.decide({"untuned": 0.58, "tuned": 0.60}, None, margin=0.005)
-    gated = registry.gate(decision, GROUPS, max_loss=0.03, current_champion=None)
+    gated = registry.gate(decision, GROUPS, max_loss=0.03, reference=registry.gate_reference(decision, None))
     assert (gated.champion, gated.challenger) == ("untuned", "tuned")
     assert "tuned is refused" in gated.reason and "histology by 0.0500 (0.2500 vs 0.3000)" in gated.reason
     verdicts = registry.verdicts(GROUPS, "untuned", 0.03)
@@ -74,7 +74,7 @@ def test_verdicts_after_a_refusal_are_measured_against_the_model_the_gate_kept()
     groups = {"untuned": {"histology": 0.27, "brightfield": 0.34}, "tuned": {"histology": 0.31, "brightfield": 0.29}}
     decision = registry.decide({"untuned": 0.59, "tuned": 0.60}, None, margin=0.005)
     reference = registry.gate_reference(decision, None)
-    gated = registry.gate(decision, groups, max_loss=0.03, current_champion=None)
+    gated = registry.gate(decision, groups, max_loss=0.03, reference=reference)
     assert (reference, gated.champion) == ("untuned", "untuned")
     verdicts = registry.verdicts(groups, reference, 0.03)
     assert verdicts == {"untuned": "reference", "tuned": "refused: trails untuned on brightfield by 0.0500"}
@@ -83,13 +83,13 @@ def test_verdicts_after_a_refusal_are_measured_against_the_model_the_gate_kept()
 
 def test_gate_lets_a_candidate_within_the_loss_through_and_measures_against_the_current_champion():
     decision = registry.decide({"untuned": 0.58, "tuned": 0.60}, None, margin=0.005)
-    assert registry.gate(decision, GROUPS, max_loss=0.06, current_champion=None).champion == "tuned"
+    assert registry.gate(decision, GROUPS, max_loss=0.06, reference="untuned").champion == "tuned"
     groups = {**GROUPS, "version 3": {"fluorescence": 0.60, "histology": 0.20, "x4": 0.40}}
     beaten = registry.decide({"untuned": 0.58, "tuned": 0.60}, ("version 3", 0.50), margin=0.005)
-    gated = registry.gate(beaten, groups, max_loss=0.03, current_champion="version 3")
+    gated = registry.gate(beaten, groups, max_loss=0.03, reference=registry.gate_reference(beaten, "version 3"))
     assert gated.champion == "tuned" and "loses no more than 0.03" in gated.reason
     shifted = {**groups, "version 3": {"fluorescence": 0.60, "histology": 0.20, "x4": 0.60}}
-    refused = registry.gate(beaten, shifted, max_loss=0.03, current_champion="version 3")
+    refused = registry.gate(beaten, shifted, max_loss=0.03, reference="version 3")
     assert (refused.champion, refused.challenger) == ("version 3", "tuned") and "x4 by 0.0400" in refused.reason
 
 

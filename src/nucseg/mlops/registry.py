@@ -111,12 +111,11 @@ def gate_reference(decision: Decision, current_champion: str | None) -> str | No
 
 
 def gate(decision: Decision, groups: Mapping[str, Mapping[str, float]], max_loss: float,
-         current_champion: str | None) -> Decision:
-    """`decision`, unless its champion would replace a model (`gate_reference`) that it beats
-    overall but trails by more than `max_loss` on some modality or shifted copy: users of that
-    group would get a worse model, so the one it would replace is champion and the refused one
-    challenger. `groups`: per contender, `group_scores`."""
-    reference = gate_reference(decision, current_champion)
+         reference: str | None) -> Decision:
+    """`decision`, unless its champion would replace `reference` (`gate_reference`: the verdicts
+    are measured against the same model) that it beats overall but trails by more than
+    `max_loss` on some modality or shifted copy: users of that group would get a worse model, so
+    `reference` is champion and the refused one challenger. `groups`: per contender, `group_scores`."""
     if reference is None or reference == decision.champion:
         return decision
     lost = losses(groups[decision.champion], groups[reference], max_loss)

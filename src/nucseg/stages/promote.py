@@ -68,7 +68,7 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
         max_loss = float(params["promote"]["max_loss"])
         replaced = incumbent.label if incumbent else None
         reference = gate_reference(decision, replaced)
-        decision = gate(decision, groups, max_loss, replaced)
+        decision = gate(decision, groups, max_loss, reference)
         log.info("decision: %s", decision.reason)
         verdict = verdicts(groups, reference, max_loss)
 
