@@ -152,6 +152,9 @@ def promote(params: Path = PARAMS) -> None:
 DIAMETER = typer.Option(None, "--diameter", min=0.5, help="the nuclei's typical width in pixels, when you know it "
                         "[default: estimated for each image]; images are rescaled so their nuclei reach the size the "
                         "model was trained at")
+QUALITY = typer.Option("default", "--quality", help="fast (one view of each image: about twice as fast), default "
+                       "(the model's own test-time views) or best (eight views); the registry version's quality.* "
+                       "tags give each level's measured DSB and speed")
 
 
 @app.command()
@@ -165,6 +168,7 @@ def score(
     engine: str = typer.Option("local", "--engine", help="local (this process) or spark"),
     master: str = typer.Option("local[2]", "--master", help="Spark master URL for --engine spark"),
     diameter: Optional[float] = DIAMETER,
+    quality: str = QUALITY,
     params: Path = PARAMS,
 ) -> None:
     """Segment every image of a folder with the registry's champion (or --model-uri), with the
@@ -179,7 +183,7 @@ def score(
         uri = stage.promoted_model_uri(promotion) if promotion else \
             model_uri or loaded.get("score", {}).get("model_uri", stage.CHAMPION_URI)
         result = stage.run(uri, input_dir, output_dir, loaded, geojson=geojson, engine=engine, master=master,
-                           diameter=diameter)
+                           diameter=diameter, quality=quality)
     typer.echo(f"scored {len(result.scored)} image(s) into {output_dir}")
     if result.failed:
         for path, problem in result.failed:
@@ -193,6 +197,7 @@ def predict(
     output_dir: Path = typer.Option(Path("outputs/predict"), "--output", help="where the label and overlay PNGs go"),
     model_uri: Optional[str] = typer.Option(None, "--model-uri", help="MLflow model URI [default: params score.model_uri]"),
     diameter: Optional[float] = DIAMETER,
+    quality: str = QUALITY,
     params: Path = PARAMS,
 ) -> None:
     """Segment one image: print its nucleus count, write its label and overlay files."""
@@ -201,9 +206,10 @@ def predict(
     from nucseg.stages import score as stage
 
     loaded = _scoring_params(params)
-    with _one_line_errors(io.ImageError, tracking.TrackingUnavailable, stage.ModelUnavailable, OSError):
+    with _one_line_errors(io.ImageError, tracking.TrackingUnavailable, stage.ModelUnavailable, OSError,
+                          ValueError):
         count = stage.predict_one(model_uri or loaded.get("score", {}).get("model_uri", stage.CHAMPION_URI), image,
-                                  output_dir, diameter)
+                                  output_dir, diameter, quality)
     typer.echo(f"{image}: {count} nuclei")
 
 

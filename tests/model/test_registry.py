@@ -217,10 +217,17 @@ def test_better_tuned_model_is_champion_and_rerun_is_idempotent(world, promote, 
     assert tags["candidate"] == "tuned" and tags["dsb"] == "1.0" and tags["dsb_fluorescence"] == "1.0"
     assert {"data_md5", "git_commit", "pixel_iou", "pixel_dice", "decision"} <= set(tags)
     assert tags["runtime"] in ("onnx", "keras") and float(tags["runtime.onnx_seconds_per_megapixel"]) > 0
+    quality = result["candidates"]["tuned"]["quality"]  # the champion's levels, measured on test
+    assert set(quality) == {"fast", "default", "best"} and "quality" not in result["candidates"]["untuned"]
+    assert quality["default"]["dsb"] == result["candidates"]["tuned"]["dsb"]  # default is the recipe it was scored with
+    assert all(tags[f"quality.{level}.dsb"] == str(quality[level]["dsb"]) and
+               float(tags[f"quality.{level}.megapixels_per_second"]) > 0 for level in quality)
+    assert "test split" in tags["quality.measured_on"]
 
     assert json.loads((tmp_path / "reports" / "promotion.json").read_text()) == result
     report = (tmp_path / "reports" / "promotion.md").read_text()
     assert "| tuned |" in report and "| untuned |" in report and result["reason"] in report
+    assert "**Quality levels**" in report and "| tuned | fast |" in report
     promote_runs = mlflow.search_runs(filter_string="tags.stage = 'promote'", output_format="list")
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(promote_runs[0].info.run_id, "promotion")}
     assert artifacts == {"promotion/promotion.json", "promotion/promotion.md"}

@@ -291,6 +291,21 @@ def test_cli_score_exits_1_naming_the_bad_file_and_0_when_all_are_good(tracked, 
     assert "broken.png" in (tmp_path / "out" / "errors.csv").read_text()
 
 
+def test_cli_quality_levels_are_recorded_and_an_unknown_one_is_refused_by_name(tracked, score_params, tmp_path):
+    params_file = _params_file(tmp_path / "params.yaml", score_params)
+    _write_good_images(tmp_path / "in")
+    fast = CliRunner().invoke(app, ["score", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                                    "--quality", "fast", "--params", params_file])
+    assert fast.exit_code == 0, fast.output
+    assert json.loads((tmp_path / "out" / "model.json").read_text())["quality"] == "fast"
+    for command in (["score", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "never")],
+                    ["predict", str(tmp_path / "in" / "grey8.png"), "--output", str(tmp_path / "never")]):
+        refused = CliRunner().invoke(app, [*command, "--quality", "fastest", "--params", params_file])
+        assert refused.exit_code == 1 and isinstance(refused.exception, SystemExit)
+        assert "unknown quality level 'fastest': choose one of fast, default, best" in refused.output
+        assert "Traceback" not in refused.output and not (tmp_path / "never").exists()
+
+
 def test_cli_predict_prints_the_count(tracked, score_params, tmp_path):
     image = tmp_path / "one.png"
     cv2.imwrite(str(image), _grey(60, 60, 5, 250))

@@ -67,6 +67,26 @@ def test_model_config_diameter_overrides_the_estimate_and_a_bad_one_is_refused(l
         mlflow.pyfunc.load_model(uri, model_config={"diameter": "large"})
 
 
+def test_model_config_quality_sets_the_views_and_an_unknown_level_is_refused_by_name(logged):
+    import mlflow
+
+    from nucseg.core.quality import at_quality
+    from nucseg.mlops.segmenter_model import load_segmenter
+
+    uri, network = logged
+    frame = pd.DataFrame({"image": [io.encode_png(disk_image())]})
+    best = mlflow.pyfunc.load_model(uri, model_config={"quality": "best"})
+    assert best.unwrap_python_model().recipe == at_quality(RECIPE, "best") != RECIPE
+    labels = io.decode_image(best.predict(frame).loc[0, "labels"])
+    np.testing.assert_array_equal(labels, segment(network, disk_image(), at_quality(RECIPE, "best"))[0])
+    assert load_segmenter(uri, quality="best")[1].tta == "dihedral"
+    assert load_segmenter(uri)[1] == RECIPE  # default: the recipe the model was evaluated with
+    with pytest.raises(Exception, match="unknown quality level 'fastest': choose one of fast, default, best"):
+        mlflow.pyfunc.load_model(uri, model_config={"quality": "fastest"})
+    with pytest.raises(ValueError, match="unknown quality level 'fastest'"):
+        load_segmenter(uri, quality="fastest")
+
+
 def test_round_trip_predicts_good_and_bad_images(logged):
     import mlflow
 

@@ -17,6 +17,7 @@ from nucseg import config
 from nucseg.config import get_logger
 from nucseg.core.evaluation import evaluate_model, evaluate_shifted, summarize, summarize_shifts
 from nucseg.core.preprocess import preprocessing
+from nucseg.core.quality import measure_levels
 from nucseg.core.segment import Recipe
 from nucseg.mlops.segmenter_model import load_segmenter, log_segmenter, recipe_digest
 
@@ -216,6 +217,28 @@ def score_model(model_uri: str, samples: list[dict[str, Any]], prepared_with: Re
                                                                desc=f"promote {label}"))
     log.info("%s (%s): test DSB %.4f", label, model_uri, summary["overall"]["dsb"])
     return summary
+
+
+def measure_quality(model_uri: str, samples: list[dict[str, Any]], label: str) -> dict[str, dict[str, float]]:
+    """`quality.measure_levels` of the segmenter behind `model_uri` on the test `samples`."""
+    network, recipe = load_segmenter(model_uri)
+    levels = measure_levels(network, samples, recipe)
+    log.info("%s at each quality level: %s", label,
+             {level: (m["dsb"], m["megapixels_per_second"]) for level, m in levels.items()})
+    return levels
+
+
+def quality_tags(levels: Mapping[str, Mapping[str, float]], images: int) -> dict[str, str]:
+    """`quality.<level>.dsb` and `quality.<level>.megapixels_per_second` version tags, and what
+    they were measured on (the speed is this machine's)."""
+    import os
+
+    tags = {f"quality.{level}.{key}": str(measured[key]) for level, measured in levels.items()
+            for key in ("dsb", "megapixels_per_second")}
+    if tags:
+        tags["quality.measured_on"] = (f"test split ({images} images), segmenting in one process on "
+                                       f"{os.cpu_count()} cores")
+    return tags
 
 
 def package(client, run_id: str, network_uri: str, recipe: Recipe) -> str:

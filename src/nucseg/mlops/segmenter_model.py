@@ -6,8 +6,9 @@ The network also travels as ONNX when the export reproduces it; the model's `run
 (`onnx` or `keras`) is whichever ran faster when it was logged, and can be overridden at load
 time (`mlflow.pyfunc.load_model(uri, model_config={"runtime": "keras"})`, or
 `MLFLOW_PYFUNC_INFERENCE_CONFIG='{"runtime": "keras"}'` for `mlflow models serve`), as can
-`threads` (ONNX Runtime threads, 0 = one per core) and `diameter` (the nuclei's width in pixels,
-as Cellpose users give it; by default estimated per image). ONNX that cannot run where the model
+`threads` (ONNX Runtime threads, 0 = one per core), `diameter` (the nuclei's width in pixels,
+as Cellpose users give it; by default estimated per image) and `quality` (`fast`, `default` or
+`best`: the test-time views, `core.quality`; the version's `quality.*` tags say what each costs). ONNX that cannot run where the model
 is loaded falls back to Keras with a warning.
 
 Contract of `predict(DataFrame)`: a column `image` of encoded image bytes (PNG, TIFF or JPEG;
@@ -33,6 +34,7 @@ import pandas as pd
 from nucseg import io
 from nucseg.config import get_logger
 from nucseg.core import runtime
+from nucseg.core.quality import DEFAULT_QUALITY, at_quality
 from nucseg.core.segment import Recipe, segment
 
 log = get_logger("nucseg.segmenter")
@@ -42,12 +44,13 @@ OUTPUT_COLUMNS = ["labels", "nuclei", "diameter", "scale", "error"]
 
 
 class SegmenterModel(mlflow.pyfunc.PythonModel):
-    """`mlflow.pyfunc` face of the segmenter; `network`, `runtime` and `recipe` are set by
-    `load_context`."""
+    """`mlflow.pyfunc` face of the segmenter; `network`, `runtime`, `stored_recipe` (as evaluated)
+    and `recipe` (at the configured quality) are set by `load_context`."""
 
     def load_context(self, context) -> None:
-        self.recipe = Recipe.from_dict(json.loads(Path(context.artifacts["recipe"]).read_text()))
         config = context.model_config or {}
+        self.stored_recipe = Recipe.from_dict(json.loads(Path(context.artifacts["recipe"]).read_text()))
+        self.recipe = at_quality(self.stored_recipe, str(config.get("quality") or DEFAULT_QUALITY))
         self.diameter = _diameter(config.get("diameter"))
         self.runtime = config.get("runtime", "keras")
         if self.runtime not in runtime.RUNTIMES:
@@ -147,7 +150,8 @@ def log_segmenter(network, recipe: Recipe, name: str = ARTIFACT_NAME) -> str:
         info = mlflow.pyfunc.log_model(
             name=name, python_model=SegmenterModel(), artifacts=artifacts,
             code_paths=[str(Path(nucseg.__file__).parent)], signature=signature,
-            input_example=pd.DataFrame({"image": [_example_image()]}), model_config={"runtime": choice["runtime"], "threads": 0, "diameter": 0},
+            input_example=pd.DataFrame({"image": [_example_image()]}), model_config={"runtime": choice["runtime"], "threads": 0, "diameter": 0,
+                                                                           "quality": DEFAULT_QUALITY},
             metadata={"runtime_choice": choice},
             pip_requirements=serving_requirements(onnx="onnx" in artifacts))
     return info.model_uri
@@ -180,20 +184,22 @@ def choose_runtime(network, onnx_path: Path) -> dict[str, Any]:
             "onnx_seconds_per_megapixel": round(seconds["onnx"], 5)}
 
 
-def load_segmenter(model_uri: str, fallback_recipe: Recipe | None = None,
-                   runtime_name: str | None = None) -> tuple[Any, Recipe]:
+def load_segmenter(model_uri: str, fallback_recipe: Recipe | None = None, runtime_name: str | None = None,
+                   quality: str = DEFAULT_QUALITY) -> tuple[Any, Recipe]:
     """(network, recipe) of a logged or registered segmenter, the network on the model's own
-    runtime or on `runtime_name`. A bare Keras network (registered before the recipe travelled
-    with the model) gets `fallback_recipe`, or is refused without one."""
+    runtime or on `runtime_name`, the recipe at `quality`. A bare Keras network (registered before
+    the recipe travelled with the model) gets `fallback_recipe`, or is refused without one."""
     from mlflow.exceptions import MlflowException
 
+    # `quality` is applied here, not through model_config: versions logged before it existed
+    # would ignore it there.
     loaded = mlflow.pyfunc.load_model(model_uri, model_config={"runtime": runtime_name} if runtime_name else None)
     try:
         python_model = loaded.unwrap_python_model()
     except MlflowException:
         python_model = None
     if isinstance(python_model, SegmenterModel):
-        return python_model.network, python_model.recipe
+        return python_model.network, at_quality(python_model.stored_recipe, quality)
     if fallback_recipe is None:
         raise ValueError(f"{model_uri} is a bare network without a segmentation recipe; register a segmenter")
-    return mlflow.keras.load_model(model_uri), fallback_recipe
+    return mlflow.keras.load_model(model_uri), at_quality(fallback_recipe, quality)

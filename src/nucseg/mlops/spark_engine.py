@@ -19,8 +19,9 @@ from nucseg.core.image_outputs import ROW_SCHEMA, ImageOutputs
 
 def score_with_spark(images: list[tuple[str, Path]], model_uri: str, modality_model: dict[str, Any] | None,
                      geojson: bool = False, master: str = "local[2]", diameter: float | None = None,
-                     partitions: int | None = None) -> dict[str, ImageOutputs | str]:
-    """{image id: its outputs, or what went wrong with it} for every image, scored by `model_uri`."""
+                     partitions: int | None = None, quality: str = "default") -> dict[str, ImageOutputs | str]:
+    """{image id: its outputs, or what went wrong with it} for every image, scored by `model_uri`
+    at `quality` (`core.quality`)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors use this environment's Python
     from pyspark.sql import SparkSession
 
@@ -31,13 +32,14 @@ def score_with_spark(images: list[tuple[str, Path]], model_uri: str, modality_mo
         rows = [(image_id, str(Path(path).resolve())) for image_id, path in images]
         frame = spark.createDataFrame(rows, "id string, path string")
         frame = frame.repartition(partitions or spark.sparkContext.defaultParallelism)
-        result = frame.mapInPandas(_partition_scorer(model_uri, modality_model, geojson, diameter), ROW_SCHEMA).collect()
+        result = frame.mapInPandas(_partition_scorer(model_uri, modality_model, geojson, diameter, quality), ROW_SCHEMA).collect()
     finally:
         spark.stop()
     return {row.id: row.error if row.error else ImageOutputs.from_row(row) for row in result}
 
 
-def _partition_scorer(model_uri: str, modality_model: dict[str, Any] | None, geojson: bool, diameter: float | None):
+def _partition_scorer(model_uri: str, modality_model: dict[str, Any] | None, geojson: bool, diameter: float | None,
+                      quality: str):
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
 
     def score(batches):
@@ -46,18 +48,20 @@ def _partition_scorer(model_uri: str, modality_model: dict[str, Any] | None, geo
 
         from nucseg import io
         from nucseg.core.image_outputs import score_file
+        from nucseg.core.quality import at_quality
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
             mlflow.set_registry_uri(tracking_uri)
         # Once per partition, one ONNX Runtime thread: Spark already runs one task per core.
         segmenter = mlflow.pyfunc.load_model(model_uri, model_config={"threads": 1}).unwrap_python_model()
+        recipe = at_quality(segmenter.stored_recipe, quality)
         columns = [column.split()[0] for column in ROW_SCHEMA.split(", ")]
         for batch in batches:
             rows = []
             for image_id, path in zip(batch["id"], batch["path"]):
                 try:
-                    rows.append(score_file(image_id, path, segmenter.network, segmenter.recipe, modality_model,
+                    rows.append(score_file(image_id, path, segmenter.network, recipe, modality_model,
                                            geojson, diameter).to_row())
                 except Exception as err:  # noqa: BLE001 - one bad image never sinks the batch
                     rows.append({"id": image_id, "error": io.problem_of(err)})

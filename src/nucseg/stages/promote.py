@@ -24,8 +24,9 @@ from nucseg.core.evaluation import load_split_samples
 from nucseg.core.segment import Recipe
 from nucseg.mlops import access, datasets, tracking
 from nucseg.mlops.registry import (CHALLENGER, CHAMPION, Candidate, Decision, Incumbent, best_val_loss,
-                                   current_champion, decide, gate, gate_reference, group_scores, move_aliases, package, promotion_lock,
-                                   read_recipe, read_run_info, register, score_model, source_lineage, verdicts)
+                                   current_champion, decide, gate, gate_reference, group_scores, measure_quality,
+                                   move_aliases, package, promotion_lock, quality_tags, read_recipe, read_run_info,
+                                   register, score_model, source_lineage, verdicts)
 
 log = get_logger("nucseg.promote")
 
@@ -73,7 +74,10 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
         verdict = verdicts(groups, reference, max_loss)
 
         unseen = unseen_tags(unseen_path)
-        versions = {c.name: register(client, name, c, decision.reason, verdict[c.name], unseen) for c in scored}
+        quality = {c.name: measure_quality(c.model_uri, samples, c.name)  # what `nucseg score --quality` trades
+                   for c in scored if c.name == decision.champion}
+        versions = {c.name: register(client, name, c, decision.reason, verdict[c.name],
+                                     {**unseen, **quality_tags(quality.get(c.name, {}), len(samples))}) for c in scored}
         if incumbent:
             versions.setdefault(incumbent.label, incumbent.version)
         experiment = tracking.dvc_experiment()
@@ -85,7 +89,7 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
             refused = try_move_aliases(client, name, versions[decision.champion],
                                        versions[decision.challenger] if decision.challenger else None)
 
-        result = promotion_table(scored, versions, decision, incumbent, verdict)
+        result = promotion_table(scored, versions, decision, incumbent, verdict, quality)
         result.update(unseen)
         result["aliases_moved"] = experiment is None and refused is None
         if experiment:
@@ -128,14 +132,17 @@ def try_move_aliases(client, name: str, champion: int, challenger: int | None) -
 
 
 def promotion_table(scored: list[Candidate], versions: dict[str, int], decision: Decision,
-                    incumbent: Incumbent | None, verdict: dict[str, str]) -> dict[str, Any]:
-    """The DVC metrics file: one entry per candidate, plus who holds which alias and why."""
+                    incumbent: Incumbent | None, verdict: dict[str, str],
+                    quality: Mapping[str, dict[str, dict[str, float]]] | None = None) -> dict[str, Any]:
+    """The DVC metrics file: one entry per candidate (the new champion with its quality levels),
+    plus who holds which alias and why."""
     table = {"candidates": {c.name: {
         "version": versions[c.name], "run_id": c.run_id, "model_uri": c.model_uri, "loss": c.val_loss,
         **{key: c.summary["overall"][key] for key in ("dsb", "pixel_iou", "pixel_dice")},
         "dsb_per_modality": {m: v["dsb"] for m, v in c.summary["per_modality"].items()},
         "dsb_shifted": {shift: v["dsb"] for shift, v in c.summary.get("shifted", {}).items()},
-        "nucleus_diameter": c.recipe.nucleus_diameter, "gate": verdict.get(c.name, "")} for c in scored},
+        "nucleus_diameter": c.recipe.nucleus_diameter, "gate": verdict.get(c.name, ""),
+        **({"quality": quality[c.name]} if c.name in (quality or {}) else {})} for c in scored},
         CHAMPION: decision.champion, "champion_version": versions[decision.champion],
         CHALLENGER: decision.challenger,
         "challenger_version": versions[decision.challenger] if decision.challenger else None,
@@ -170,11 +177,16 @@ def promotion_markdown(table: dict[str, Any]) -> str:
         outcome = (f"{lead} It would make {_who(table['champion'], table['champion_version'])} "
                    f"champion and {_who(table['challenger'], table['challenger_version'])} challenger.")
     gates = [f"- {name}: {c['gate']}" for name, c in candidates.items() if c.get("gate")]
+    levels = [[name, level, _fmt(m["dsb"]), f"{m['megapixels_per_second']:.2f}"]
+              for name, c in candidates.items() for level, m in c.get("quality", {}).items()]
     lines = ["# Promotion: tuned vs untuned", "", "Scored on the `test` split, which chose nothing before this, and on "
              "its shifted copies (`x2`: magnified twice, ...).", "",
              _row(header), _row(["---"] * len(header)), *map(_row, rows), "", outcome, "",
              f"**Why:** {table['reason']}.", "", *(["**Gate** (no modality or shifted copy may lose more than "
-                                                  "`promote.max_loss`):", *gates, ""] if gates else [])]
+                                                  "`promote.max_loss`):", *gates, ""] if gates else []),
+             *(["**Quality levels** (`nucseg score --quality`; speed: segmenting `test` in one process "
+                "on the machine that ran this):", "", _row(["model", "quality", "DSB", "megapixels/s"]),
+                _row(["---"] * 4), *map(_row, levels), ""] if levels else [])]
     return "\n".join(lines)
 
 

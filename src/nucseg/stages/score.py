@@ -25,6 +25,7 @@ from tqdm import tqdm
 from nucseg import config, io
 from nucseg.core.image_outputs import UNKNOWN_MODALITY, ImageOutputs, overlay_of, score_file
 from nucseg.core.measure import COLUMNS
+from nucseg.core.quality import DEFAULT_QUALITY, check_quality
 from nucseg.core.segment import Recipe, segment
 from nucseg.mlops import tracking
 from nucseg.mlops.segmenter_model import count_nuclei, load_segmenter
@@ -47,9 +48,9 @@ class ScoreResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, problem)
 
 
-def load_model(model_uri: str) -> tuple[Any, Recipe, dict[str, str]]:
-    """The segmenter (network and recipe) behind an MLflow URI, and a record of which registry
-    version it is.
+def load_model(model_uri: str, quality: str = DEFAULT_QUALITY) -> tuple[Any, Recipe, dict[str, str]]:
+    """The segmenter (network, and recipe at `quality`) behind an MLflow URI, and a record of
+    which registry version it is and at which quality it scores.
 
     A `models:/name@alias` URI is pinned to the version the alias names *now* and that version
     is loaded, so the record names exactly the model that scored even if the alias moves during
@@ -57,15 +58,17 @@ def load_model(model_uri: str) -> tuple[Any, Recipe, dict[str, str]]:
     """
     from mlflow.exceptions import MlflowException
 
+    check_quality(quality)
     tracking.setup(create=False)
     try:
         source = _resolve(model_uri)
-        network, recipe = load_segmenter(source["loaded_uri"])
+        network, recipe = load_segmenter(source["loaded_uri"], quality=quality)
     except (MlflowException, OSError, ValueError) as err:
         reason = (getattr(err, "message", "") or str(err) or type(err).__name__).splitlines()[0].rstrip(".")
         raise ModelUnavailable(
             f"cannot load model {model_uri}: {reason}. "
             "Register and promote a model with `dvc repro promote`, or pass another --model-uri.") from err
+    source["quality"] = quality
     log.info("scoring with %s, recipe %s", source, recipe)
     return network, recipe, source
 
@@ -127,28 +130,31 @@ ENGINES = ("local", "spark")
 
 def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: dict[str, Any],
         geojson: bool = False, engine: str = "local", master: str = "local[2]",
-        diameter: float | None = None) -> ScoreResult:
+        diameter: float | None = None, quality: str = DEFAULT_QUALITY) -> ScoreResult:
     """Score every image of `input_dir` (DSB layout or flat) into `output_dir`; see module doc.
     `params` only says where the modality model is; the segmentation settings are the model's.
     `diameter`: the nuclei's width in pixels, when the user knows it; else each image's is estimated.
+    `quality`: `core.quality`'s level (the test-time views), `default` being the model's own.
 
     `engine="spark"` scores on Spark (`master`: `local[N]` or a cluster URL): executors segment,
     draw and measure, and this process writes what comes back, the same files as the local engine.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    check_quality(quality)
     images = io.find_images(input_dir)  # raises FileNotFoundError naming a missing folder
     if not images:
         raise FileNotFoundError(f"{input_dir}: no images ({', '.join(io.IMAGE_SUFFIXES)}) found")
     output_dir = Path(output_dir)
-    network, recipe, source = load_model(model_uri)
+    network, recipe, source = load_model(model_uri, quality)
     _remove_tables(output_dir)
     modality_model = load_modality_model(params.get("score", {}).get("modality_model", DEFAULT_MODALITY_MODEL))
     if engine == "spark":
         from nucseg.mlops.spark_engine import score_with_spark
 
         log.info("score: scoring %d image(s) on Spark (%s)", len(images), master)
-        on_spark = score_with_spark(images, source["loaded_uri"], modality_model, geojson, master, diameter)
+        on_spark = score_with_spark(images, source["loaded_uri"], modality_model, geojson, master, diameter,
+                                    quality=quality)
     result, rows, counts, measurements = ScoreResult(), [], [], []
     for image_id, path in tqdm(images, desc=f"score: {'writing' if engine == 'spark' else 'scoring'} images",
                                unit="image"):
@@ -216,14 +222,16 @@ def _write_tables(output_dir: Path, rows, counts, measurements, failed, source: 
         errors.unlink(missing_ok=True)
 
 
-def predict_one(model_uri: str, image_path: str | Path, output_dir: str | Path, diameter: float | None = None) -> int:
+def predict_one(model_uri: str, image_path: str | Path, output_dir: str | Path, diameter: float | None = None,
+                quality: str = DEFAULT_QUALITY) -> int:
     """Segment one image into `<id>_labels.png` and `<id>_overlay.png`; returns its nucleus count.
 
     The image is read before the model is loaded, so a bad file fails fast with `io.ImageError`.
     """
     image_path, output_dir = Path(image_path), Path(output_dir)
+    check_quality(quality)
     image = io.read_image(image_path)
-    network, recipe, _ = load_model(model_uri)
+    network, recipe, _ = load_model(model_uri, quality)
     labels, size = segment(network, image, recipe, diameter)
     image_id = io.image_id_of(image_path)
     io.write_png(output_dir / f"{image_id}_labels.png", labels)
