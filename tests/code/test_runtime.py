@@ -44,3 +44,16 @@ def test_unloadable_file_is_named(tmp_path):
     broken.write_bytes(b"not a protobuf")
     with pytest.raises(runtime.RuntimeUnavailable, match="network.onnx: not a loadable ONNX model"):
         runtime.OnnxNetwork(broken)
+
+
+def test_calibration_crops_are_seeded_scaled_and_at_most_the_image():
+    from nucseg.core.runtime import calibration_crops
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (300, 200, 3), dtype=np.uint8), rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)]
+    crops = calibration_crops(images, 128, 10, seed=1)
+    assert len(crops) == 10 and {c.shape for c in crops} <= {(1, 128, 128, 3), (1, 64, 80, 3)}
+    assert all(c.dtype == np.float32 and 0 <= c.min() and c.max() <= 1 for c in crops)
+    assert all(np.array_equal(a, b) for a, b in zip(crops, calibration_crops(images, 128, 10, seed=1)))
+    with pytest.raises(ValueError, match="no images"):
+        calibration_crops([], 128, 4)

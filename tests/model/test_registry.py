@@ -120,6 +120,15 @@ def _bright_disk_images(root: Path) -> tuple[Path, Path]:
         io.write_npz(root / "prepared" / f"img{index}.npz", image=image, labels=labels,
                      target=targets_from_labels(labels))
         rows.append({"id": f"img{index}", "modality": modality, "split": "test"})
+    for index, split in enumerate(["train", "train", "val", "val"], start=4):  # int8 calibration and its check
+        labels = np.zeros((64, 64), np.uint16)
+        for label, centre in enumerate([(20, 20), (40, 44)], start=1):
+            rr, cc = disk(centre, int(rng.integers(5, 9)), shape=labels.shape)
+            labels[rr, cc] = label
+        image = np.where(labels[..., None] > 0, 220, 20).astype(np.uint8).repeat(3, axis=2)
+        io.write_npz(root / "prepared" / f"img{index}.npz", image=image, labels=labels,
+                     target=targets_from_labels(labels))
+        rows.append({"id": f"img{index}", "modality": "fluorescence", "split": split})
     io.write_csv(root / "split.csv", pd.DataFrame(rows))
     return root / "split.csv", root / "prepared"
 
@@ -216,7 +225,9 @@ def test_better_tuned_model_is_champion_and_rerun_is_idempotent(world, promote, 
     tags = mlflow.MlflowClient().get_model_version(NAME, str(versions["tuned"])).tags
     assert tags["candidate"] == "tuned" and tags["dsb"] == "1.0" and tags["dsb_fluorescence"] == "1.0"
     assert {"data_md5", "git_commit", "pixel_iou", "pixel_dice", "decision"} <= set(tags)
-    assert tags["runtime"] in ("onnx", "keras") and float(tags["runtime.onnx_seconds_per_megapixel"]) > 0
+    assert tags["runtime"] in ("onnx-int8", "onnx", "keras") and float(tags["runtime.onnx_seconds_per_megapixel"]) > 0
+    assert tags["runtime.int8"] == "kept" and float(tags["runtime.int8_dsb"]) >= float(tags["runtime.float_dsb"]) - 0.005
+    assert float(tags["runtime.onnx_int8_seconds_per_megapixel"]) > 0
     quality = result["candidates"]["tuned"]["quality"]  # the champion's levels, measured on test
     assert set(quality) == {"fast", "default", "best"} and "quality" not in result["candidates"]["untuned"]
     assert quality["default"]["dsb"] == result["candidates"]["tuned"]["dsb"]  # default is the recipe it was scored with
@@ -236,6 +247,22 @@ def test_better_tuned_model_is_champion_and_rerun_is_idempotent(world, promote, 
     assert _versions() == versions and len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'")) == 2
     assert _aliases() == {"champion": versions["tuned"], "challenger": versions["untuned"]}
     assert again["champion_version"] == result["champion_version"]
+
+
+def test_an_int8_network_keeps_the_float_networks_labels(world, params, tmp_path):
+    from nucseg.core import metrics, runtime
+    from nucseg.core.evaluation import load_split_samples
+    from nucseg.core.segment import segment_prepared
+
+    network, recipe = _unet(True), Recipe.from_params(params)
+    runtime.export_onnx(network, tmp_path / "float.onnx")
+    images = [s["image"] for s in load_split_samples(world.split, world.samples, "train")]
+    runtime.quantize_onnx(tmp_path / "float.onnx", tmp_path / "int8.onnx", runtime.calibration_crops(images, 32, 16))
+    on_float, on_int8 = runtime.OnnxNetwork(tmp_path / "float.onnx"), runtime.OnnxNetwork(tmp_path / "int8.onnx")
+    for sample in load_split_samples(world.split, world.samples, "test"):
+        labels = [segment_prepared(net, sample["image"], recipe, *sample["labels"].shape)[0] for net in (on_float, on_int8)]
+        assert labels[0].max() == 3
+        assert metrics.dsb_scores_per_threshold(labels[0], labels[1]).mean() >= 0.95
 
 
 def test_a_refused_candidate_is_challenger_and_the_version_tags_say_so(world, promote, params):

@@ -87,6 +87,22 @@ def test_model_config_quality_sets_the_views_and_an_unknown_level_is_refused_by_
         load_segmenter(uri, quality="fastest")
 
 
+def test_an_int8_network_that_loses_accuracy_is_refused_and_one_that_keeps_it_is_offered(tmp_path):
+    from nucseg.core import runtime
+    from nucseg.mlops.segmenter_model import Int8Check, choose_runtime
+
+    crops = runtime.calibration_crops([np.dstack([disk_image()] * 3)], 32, 8)
+    scores = iter([0.80, 0.797, 0.80, 0.70])  # float, then int8: first 0.003 behind, then 0.1
+    (tmp_path / "kept").mkdir()
+    kept = choose_runtime(unet(), tmp_path / "kept", Int8Check(crops, lambda network: next(scores)))
+    assert kept["int8"] == "kept" and (kept["float_dsb"], kept["int8_dsb"]) == (0.8, 0.797)
+    assert (tmp_path / "kept" / "network-int8.onnx").exists() and kept["onnx_int8_seconds_per_megapixel"] > 0
+    (tmp_path / "refused").mkdir()
+    refused = choose_runtime(unet(), tmp_path / "refused", Int8Check(crops, lambda network: next(scores)))
+    assert refused["int8"].startswith("refused: DSB 0.7 trails float 0.8") and refused["runtime"] != "onnx-int8"
+    assert not (tmp_path / "refused" / "network-int8.onnx").exists() and (tmp_path / "refused" / "network.onnx").exists()
+
+
 def test_round_trip_predicts_good_and_bad_images(logged):
     import mlflow
 

@@ -19,7 +19,7 @@ from nucseg.core.evaluation import evaluate_model, evaluate_shifted, summarize, 
 from nucseg.core.preprocess import preprocessing
 from nucseg.core.quality import measure_levels
 from nucseg.core.segment import Recipe
-from nucseg.mlops.segmenter_model import load_segmenter, log_segmenter, recipe_digest
+from nucseg.mlops.segmenter_model import Int8Check, load_segmenter, log_segmenter, recipe_digest
 
 log = get_logger("nucseg.registry")
 
@@ -241,14 +241,25 @@ def quality_tags(levels: Mapping[str, Mapping[str, float]], images: int) -> dict
     return tags
 
 
-def package(client, run_id: str, network_uri: str, recipe: Recipe) -> str:
-    """URI of the segmenter (network + recipe) logged into the training run `run_id`, logged
-    once per network and recipe: a rerun finds it by its run tag and registers nothing new."""
+def int8_check(crops: list, val_samples: list[dict[str, Any]], recipe: Recipe, label: str) -> Int8Check:
+    """An int8 network of `label` is calibrated on `crops` and must keep its `val` DSB, with `recipe`."""
+    def dsb_of(network) -> float:
+        per_image, _ = evaluate_model(network, val_samples, recipe, desc=f"promote {label} int8 check: val")
+        return summarize(per_image)["overall"]["dsb"]
+
+    return Int8Check(crops, dsb_of)
+
+
+def package(client, run_id: str, network_uri: str, recipe: Recipe, int8: Int8Check | None = None) -> str:
+    """URI of the segmenter (network + recipe, and an int8 network where `int8` keeps it) logged
+    into the training run `run_id`, logged once per network, recipe and int8 offer: a rerun finds
+    it by its run tag and registers nothing new."""
     import hashlib
 
     import mlflow
 
-    tag = f"segmenter.{hashlib.sha256(network_uri.encode()).hexdigest()[:8]}.{recipe_digest(recipe)}"
+    offer = "int8" if int8 else "float"
+    tag = f"segmenter.{hashlib.sha256(network_uri.encode()).hexdigest()[:8]}.{recipe_digest(recipe)}.{offer}"
     try:
         existing = client.get_run(run_id).data.tags.get(tag)
     except Exception as err:  # noqa: BLE001 - a missing run or store: the run is what the user must fix
@@ -260,7 +271,7 @@ def package(client, run_id: str, network_uri: str, recipe: Recipe) -> str:
     except Exception as err:  # noqa: BLE001
         raise PromotionError(f"cannot load model {network_uri}: {err}") from err
     with mlflow.start_run(run_id=run_id):
-        uri = log_segmenter(network, recipe)
+        uri = log_segmenter(network, recipe, int8=int8)
         mlflow.set_tag(tag, uri)
     log.info("logged segmenter %s into run %s", uri, run_id)
     return uri
@@ -336,6 +347,11 @@ def source_lineage(client, run_id: str, current: dict[str, str]) -> dict[str, st
     return {key: tags.get(key, value) for key, value in current.items()}
 
 
+# What chose the runtime: each one's speed, and the int8 network's verdict (kept or why not) and DSBs.
+RUNTIME_CHOICE_TAGS = ("keras_seconds_per_megapixel", "onnx_seconds_per_megapixel", "onnx_int8_seconds_per_megapixel",
+                       "int8", "float_dsb", "int8_dsb")
+
+
 def version_tags(candidate: Candidate, reason: str, runtime_choice: Mapping[str, Any] | None = None,
                  verdict: str = "") -> dict[str, str]:
     """Tags a version carries: scores (per modality and shifted copy), lineage, the recipe's
@@ -354,8 +370,7 @@ def version_tags(candidate: Candidate, reason: str, runtime_choice: Mapping[str,
     tags.update({f"recipe.{key}": str(value) for key, value in candidate.recipe.to_dict().items()})
     choice = runtime_choice or {}
     tags["runtime"] = choice.get("runtime", "keras")
-    tags.update({f"runtime.{key}": str(choice[key]) for key in ("keras_seconds_per_megapixel",
-                                                               "onnx_seconds_per_megapixel") if key in choice})
+    tags.update({f"runtime.{key}": str(choice[key]) for key in RUNTIME_CHOICE_TAGS if key in choice})
     return tags
 
 

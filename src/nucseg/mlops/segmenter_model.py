@@ -2,14 +2,16 @@
 `Recipe` (normalisation, resize, tiling, test-time views, watershed thresholds), with this package as code,
 so it loads and serves without this repository installed.
 
-The network also travels as ONNX when the export reproduces it; the model's `runtime` config
-(`onnx` or `keras`) is whichever ran faster when it was logged, and can be overridden at load
+The network also travels as ONNX when the export reproduces it, and as int8 ONNX where that
+keeps the float network's `val` DSB within 0.005; the model's `runtime` config (`onnx-int8`,
+`onnx` or `keras`) is whichever ran fastest when it was logged, and can be overridden at load
 time (`mlflow.pyfunc.load_model(uri, model_config={"runtime": "keras"})`, or
 `MLFLOW_PYFUNC_INFERENCE_CONFIG='{"runtime": "keras"}'` for `mlflow models serve`), as can
 `threads` (ONNX Runtime threads, 0 = one per core), `diameter` (the nuclei's width in pixels,
 as Cellpose users give it; by default estimated per image) and `quality` (`fast`, `default` or
-`best`: the test-time views, `core.quality`; the version's `quality.*` tags say what each costs). ONNX that cannot run where the model
-is loaded falls back to Keras with a warning.
+`best`: the test-time views, `core.quality`; the version's `quality.*` tags say what each costs).
+An int8 network that cannot run where the model is loaded falls back to float ONNX, and ONNX to
+Keras, with a warning.
 
 Contract of `predict(DataFrame)`: a column `image` of encoded image bytes (PNG, TIFF or JPEG;
 any size; 8/16-bit; grey, RGB or RGBA) in, and per row `labels` (PNG-encoded uint16 instance
@@ -24,8 +26,9 @@ import base64
 import hashlib
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 import numpy as np
@@ -55,15 +58,18 @@ class SegmenterModel(mlflow.pyfunc.PythonModel):
         self.runtime = config.get("runtime", "keras")
         if self.runtime not in runtime.RUNTIMES:
             raise ValueError(f"model_config runtime must be one of {runtime.RUNTIMES}, got {self.runtime!r}")
-        if self.runtime == "onnx":
+        chain = ONNX_FALLBACKS[self.runtime]
+        for onnx, instead in zip(chain, [*chain[1:], "keras"]):
             try:
-                self.network = runtime.OnnxNetwork(context.artifacts["onnx"], threads=int(config.get("threads", 0)))
-                log.info("the network runs with ONNX Runtime")
+                self.network = runtime.OnnxNetwork(context.artifacts[onnx], threads=int(config.get("threads", 0)))
+                self.runtime = onnx
+                log.info("the network runs with ONNX Runtime (%s)", onnx)
                 return
             except (KeyError, runtime.RuntimeUnavailable) as err:
-                reason = "the model has no ONNX network" if isinstance(err, KeyError) else str(err)
-                log.warning("ONNX Runtime unavailable (%s): running the network with Keras", reason)
-                self.runtime = "keras"
+                reason = f"the model has no {onnx} network" if isinstance(err, KeyError) else str(err)
+                log.warning("%s unavailable (%s): running the network with %s", onnx, reason,
+                            "Keras" if instead == "keras" else instead)
+        self.runtime = "keras"
         self.network = runtime.load_keras(context.artifacts["network"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -126,8 +132,22 @@ def _example_image() -> bytes:
     return io.encode_png(image)
 
 
-def log_segmenter(network, recipe: Recipe, name: str = ARTIFACT_NAME) -> str:
-    """Log the segmenter into the active run; returns its model URI."""
+@dataclass(frozen=True)
+class Int8Check:
+    """What an int8 network is calibrated on (prepared training crops, `runtime.calibration_crops`)
+    and held to: `dsb_of(network)`, the DSB of its labels on images nothing was fitted on (`val`),
+    may trail the float network's by at most `MAX_INT8_DSB_LOSS`."""
+
+    crops: list[np.ndarray]
+    dsb_of: Callable[[Any], float]
+
+
+MAX_INT8_DSB_LOSS = 0.005
+
+
+def log_segmenter(network, recipe: Recipe, name: str = ARTIFACT_NAME, int8: Int8Check | None = None) -> str:
+    """Log the segmenter into the active run; returns its model URI. With `int8`, an int8 network
+    is offered too, where it keeps the float network's accuracy."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
@@ -143,45 +163,76 @@ def log_segmenter(network, recipe: Recipe, name: str = ARTIFACT_NAME) -> str:
         artifacts = {"network": str(Path(tmp) / "network.keras"), "recipe": str(Path(tmp) / "recipe.json")}
         plain.save(artifacts["network"])
         Path(artifacts["recipe"]).write_text(recipe.to_json())
-        onnx_path = Path(tmp) / "network.onnx"
-        choice = choose_runtime(plain, onnx_path)
-        if onnx_path.exists():
-            artifacts["onnx"] = str(onnx_path)
+        choice = choose_runtime(plain, Path(tmp), int8)
+        artifacts.update({key: str(Path(tmp) / file) for key, file in ONNX_FILES.items() if (Path(tmp) / file).exists()})
         info = mlflow.pyfunc.log_model(
             name=name, python_model=SegmenterModel(), artifacts=artifacts,
             code_paths=[str(Path(nucseg.__file__).parent)], signature=signature,
-            input_example=pd.DataFrame({"image": [_example_image()]}), model_config={"runtime": choice["runtime"], "threads": 0, "diameter": 0,
-                                                                           "quality": DEFAULT_QUALITY},
+            input_example=pd.DataFrame({"image": [_example_image()]}),
+            model_config={"runtime": choice["runtime"], "threads": 0, "diameter": 0, "quality": DEFAULT_QUALITY},
             metadata={"runtime_choice": choice},
             pip_requirements=serving_requirements(onnx="onnx" in artifacts))
     return info.model_uri
 
 
-def choose_runtime(network, onnx_path: Path) -> dict[str, Any]:
-    """Export `network` to `onnx_path` and time both runtimes on typical DSB sizes; the faster
-    one becomes the model's runtime. An export that fails, that does not reproduce the network's
-    maps, or that cannot be compared on those sizes is deleted and Keras it is. Returns the
-    choice and what it was based on."""
+# runtime -> the artifact and file of its ONNX network
+ONNX_FILES = {"onnx": "network.onnx", "onnx-int8": "network-int8.onnx"}
+# runtime -> the ONNX networks tried in turn before Keras
+ONNX_FALLBACKS = {"onnx-int8": ("onnx-int8", "onnx"), "onnx": ("onnx",), "keras": ()}
+
+
+def choose_runtime(network, folder: Path, int8: Int8Check | None = None) -> dict[str, Any]:
+    """Export `network` to ONNX in `folder` (and, with `int8`, quantise it) and time each runtime on
+    typical DSB sizes; the fastest becomes the model's runtime. An export that fails or does not
+    reproduce the network's maps is deleted and Keras it is; an int8 network that loses more than
+    `MAX_INT8_DSB_LOSS` DSB is deleted. Returns the choice and what it was based on."""
     channels = network.inputs[0].shape[-1]
+    onnx_path, int8_path = folder / ONNX_FILES["onnx"], folder / ONNX_FILES["onnx-int8"]
     try:
         runtime.export_onnx(network, onnx_path)
         onnx_network = runtime.OnnxNetwork(onnx_path)
         difference = runtime.max_difference(network, onnx_network, runtime.BENCHMARK_SHAPES[0], channels)
         if difference > runtime.MAX_EXPORT_DIFFERENCE:
             raise ValueError(f"the export's maps differ from the network's by {difference:.2g}")
-        seconds = {"keras": runtime.seconds_per_megapixel(network, channels),
-                   "onnx": runtime.seconds_per_megapixel(onnx_network, channels)}
+        networks = {"keras": network, "onnx": onnx_network}
     except Exception as err:  # noqa: BLE001 - whatever went wrong, the model runs with Keras without ONNX
         onnx_path.unlink(missing_ok=True)
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         log.warning("no ONNX network (%s): the model will run with Keras", reason)
         return {"runtime": "keras", "reason": f"no ONNX network: {reason}"[:500]}
+    choice: dict[str, Any] = {"max_difference": difference}
+    if int8 is not None:
+        verdict, int8_network = _int8_network(onnx_network, onnx_path, int8_path, int8)
+        choice.update(verdict)
+        if int8_network is not None:
+            networks["onnx-int8"] = int8_network
+    seconds = {name: runtime.seconds_per_megapixel(net, channels) for name, net in networks.items()}
     faster = min(seconds, key=seconds.get)
-    log.info("network seconds per megapixel: Keras %.4f, ONNX Runtime %.4f: the model runs with %s",
-             seconds["keras"], seconds["onnx"], faster)
-    return {"runtime": faster, "reason": "faster on typical DSB sizes", "max_difference": difference,
-            "keras_seconds_per_megapixel": round(seconds["keras"], 5),
-            "onnx_seconds_per_megapixel": round(seconds["onnx"], 5)}
+    log.info("network seconds per megapixel: %s: the model runs with %s",
+             ", ".join(f"{name} {value:.4f}" for name, value in seconds.items()), faster)
+    return {"runtime": faster, "reason": "fastest on typical DSB sizes", **choice,
+            **{f"{name.replace('-', '_')}_seconds_per_megapixel": round(value, 5) for name, value in seconds.items()}}
+
+
+def _int8_network(onnx_network, onnx_path: Path, int8_path: Path, check: Int8Check) -> tuple[dict[str, Any], Any]:
+    """({int8: kept | refused: why, float_dsb, int8_dsb}, the int8 network or None)."""
+    try:
+        runtime.quantize_onnx(onnx_path, int8_path, check.crops)
+        int8_network = runtime.OnnxNetwork(int8_path)
+    except Exception as err:  # noqa: BLE001 - quantisation is an optimisation: without it, float runs
+        int8_path.unlink(missing_ok=True)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log.warning("no int8 network (%s)", reason)
+        return {"int8": f"failed: {reason}"[:500]}, None
+    float_dsb, int8_dsb = round(check.dsb_of(onnx_network), 4), round(check.dsb_of(int8_network), 4)
+    verdict = {"float_dsb": float_dsb, "int8_dsb": int8_dsb}
+    if float_dsb - int8_dsb > MAX_INT8_DSB_LOSS:
+        int8_path.unlink()
+        log.info("int8 network refused: DSB %.4f against float %.4f", int8_dsb, float_dsb)
+        return {**verdict, "int8": f"refused: DSB {int8_dsb} trails float {float_dsb} by more than "
+                                   f"{MAX_INT8_DSB_LOSS}"}, None
+    log.info("int8 network kept: DSB %.4f against float %.4f", int8_dsb, float_dsb)
+    return {**verdict, "int8": "kept"}, int8_network
 
 
 def load_segmenter(model_uri: str, fallback_recipe: Recipe | None = None, runtime_name: str | None = None,

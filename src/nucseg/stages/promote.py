@@ -21,12 +21,13 @@ from typing import Any, Mapping
 from nucseg import config, io
 from nucseg.config import get_logger
 from nucseg.core.evaluation import load_split_samples
+from nucseg.core.runtime import calibration_crops
 from nucseg.core.segment import Recipe
 from nucseg.mlops import access, datasets, tracking
 from nucseg.mlops.registry import (CHALLENGER, CHAMPION, Candidate, Decision, Incumbent, best_val_loss,
-                                   current_champion, decide, gate, gate_reference, group_scores, measure_quality,
-                                   move_aliases, package, promotion_lock, quality_tags, read_recipe, read_run_info,
-                                   register, score_model, source_lineage, verdicts)
+                                   current_champion, decide, gate, gate_reference, group_scores, int8_check,
+                                   measure_quality, move_aliases, package, promotion_lock, quality_tags, read_recipe,
+                                   read_run_info, register, score_model, source_lineage, verdicts)
 
 log = get_logger("nucseg.promote")
 
@@ -53,7 +54,11 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
         sources = {cand: read_run_info(Path(folder) / "run.json") for cand, folder in candidates.items()}
         recipes = {cand: read_recipe(Path(folder) / "recipe.json") for cand, folder in candidates.items()}
         prepared_with = Recipe.from_params(params)  # how the test samples were prepared
-        segmenters = {cand: package(client, run_id, uri, recipes[cand]) for cand, (run_id, uri) in sources.items()}
+        calibration = int8_calibration(params, split_path, samples_dir)
+        val = load_split_samples(split_path, samples_dir, "val") if calibration else []
+        segmenters = {cand: package(client, run_id, uri, recipes[cand],
+                                    int8_check(calibration, val, recipes[cand], cand) if calibration else None)
+                      for cand, (run_id, uri) in sources.items()}
         samples = load_split_samples(split_path, samples_dir, "test")
         shifts = tuple(params["evaluate"]["shifts"])
         scored = [Candidate(cand, run_id, segmenters[cand],
@@ -100,6 +105,16 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
         io.atomic_write_text(report_path, promotion_markdown(result))
         log_promote_run(result, lineage, metrics_path, report_path, split_path, params)
         return result
+
+
+def int8_calibration(params: dict[str, Any], split_path: str | Path, samples_dir: str | Path) -> list:
+    """The training crops an int8 network is calibrated on (`promote.int8_calibration_crops`;
+    none: no int8 network is offered)."""
+    count = int(params["promote"]["int8_calibration_crops"])
+    if count <= 0:
+        return []
+    images = [sample["image"] for sample in load_split_samples(split_path, samples_dir, "train")]
+    return calibration_crops(images, int(params["promote"]["int8_crop_size"]), count)
 
 
 def unseen_tags(path: str | Path) -> dict[str, Any]:
