@@ -6,7 +6,7 @@ The classical pipeline is the baseline nucleus counters start from (scikit-image
 inverted on a bright background, Otsu's threshold, holes filled, and a watershed of the distance
 transform seeded at its peaks. It has no knobs tuned on this data.
 
-Run from the project root after `dvc repro`:  python benchmarks/score_speed.py
+Run from the project root after `dvc repro`:  python benchmarks/score_speed.py [--quality fast default best]
 Prints numbers; asserts nothing. `nucseg score` runs as a user runs it (a fresh process, start-up
 included) into a temporary folder; nothing else should run on the machine meanwhile.
 """
@@ -32,6 +32,7 @@ from tqdm import tqdm
 from nucseg import io
 from nucseg.core import metrics
 from nucseg.core.preprocess import bright_background
+from nucseg.core.quality import QUALITY_LEVELS
 
 MIN_NUCLEUS_AREA = 16  # pixels; specks below this are noise, not nuclei
 PEAK_DISTANCE = 4  # pixels between two seeds of the distance watershed
@@ -56,11 +57,11 @@ def megapixels_of(paths: list[Path]) -> float:
     return sum(np.prod(io.read_image(path).shape[:2]) for path in paths) / 1e6
 
 
-def time_nucseg_score(folder: Path, model_uri: str) -> float:
+def time_nucseg_score(folder: Path, model_uri: str, quality: str) -> float:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        subprocess.run(["nucseg", "score", "--input", str(folder), "--output", out,
-                        "--model-uri", model_uri], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["nucseg", "score", "--input", str(folder), "--output", out, "--model-uri", model_uri,
+                        "--quality", quality], check=True, stdout=subprocess.DEVNULL)
         return time.perf_counter() - start
 
 
@@ -89,28 +90,31 @@ def main() -> None:
     parser.add_argument("--input", type=Path, default=Path("data/stage1_test"))
     parser.add_argument("--model-uri", default="models:/nucseg-unet@champion")
     parser.add_argument("--promotion", type=Path, default=Path("reports/promotion.json"),
-                        help="the champion's test DSB, as promote measured it")
+                        help="the champion's test DSB at each quality level, as promote measured it")
+    parser.add_argument("--quality", nargs="+", default=list(QUALITY_LEVELS), choices=list(QUALITY_LEVELS))
     args = parser.parse_args()
     paths = [path for _, path in io.find_images(args.input)]
     megapixels = megapixels_of(paths)
     print(f"{len(paths)} images, {megapixels:.2f} megapixels ({args.input})", flush=True)
 
     classical_wall = time_classical(paths)
-    nucseg_wall = time_nucseg_score(args.input, args.model_uri)
-    classical_speed, nucseg_speed = megapixels / classical_wall, megapixels / nucseg_wall
-    print(f"nucseg score ({args.model_uri}, its own recipe), end to end: {nucseg_wall:.1f} s, "
-          f"{nucseg_speed:.2f} megapixels/s")
+    classical_speed = megapixels / classical_wall
     print(f"classical (Otsu + distance watershed), read and segment: {classical_wall:.1f} s, "
           f"{classical_speed:.2f} megapixels/s")
-    print(f"nucseg / classical speed: {nucseg_speed / classical_speed:.2f}x")
+    for quality in args.quality:
+        wall = time_nucseg_score(args.input, args.model_uri, quality)
+        print(f"nucseg score --quality {quality} ({args.model_uri}), end to end: {wall:.1f} s, "
+              f"{megapixels / wall:.2f} megapixels/s, {megapixels / wall / classical_speed:.2f}x classical", flush=True)
 
     classical = classical_test_dsb(Path("artifacts/split.csv"), Path("artifacts/prepared"), Path("data/stage1_train"))
     promotion = json.loads(args.promotion.read_text())
-    champion = promotion["candidates"][promotion["champion"]]
-    print("test DSB        champion  classical")
-    print(f"  overall       {champion['dsb']:.4f}    {classical['overall']:.4f}")
-    for modality, value in champion["dsb_per_modality"].items():
-        print(f"  {modality:<13} {value:.4f}    {classical.get(modality, float('nan')):.4f}")
+    levels = promotion["candidates"][promotion["champion"]].get("quality", {})
+    modalities = sorted(classical.index.drop("overall"))
+    print("test DSB (champion's levels as promote measured them)")
+    print(f"  {'':<14}" + "".join(f"{name:>11}" for name in [*levels, "classical"]))
+    for key, modality in [("dsb", "overall"), *((f"dsb_{m}", m) for m in modalities)]:
+        print(f"  {modality:<14}" + "".join(f"{m.get(key, float('nan')):>11.4f}" for m in levels.values())
+              + f"{classical.get(modality, float('nan')):>11.4f}")
 
 
 if __name__ == "__main__":

@@ -31,13 +31,14 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     images = io.find_images(args.input)
-    megapixels = sum(io.read_image(path).shape[0] * io.read_image(path).shape[1] for _, path in images) / 1e6
+    pixels = [io.read_image(path) for _, path in images]
+    megapixels = sum(image.shape[0] * image.shape[1] for image in pixels) / 1e6
     network, recipe, source = score.load_model(args.model_uri)
     print(f"{len(images)} images, {megapixels:.2f} megapixels, model {source.get('name')} v{source.get('version')}, "
           f"tta={recipe.tta}, runtime {type(network).__name__}")
 
-    prepared = [prepared_image(io.read_image(path), recipe) for _, path in images]
-    for runtime_name in ("keras", "onnx"):
+    prepared = [prepared_image(image, recipe) for image in pixels]
+    for runtime_name in ("keras", "onnx", "onnx-int8"):
         network, _ = load_segmenter(source["loaded_uri"], runtime_name=runtime_name)
         probability_maps(network, prepared[0], recipe)  # trace once
         start = time.perf_counter()

@@ -125,3 +125,18 @@ def test_a_search_that_ended_normally_is_not_abandoned(tmp_path):
     oracle.deadline = time.monotonic()
     assert oracle.create_trial("worker-a").status == TrialStatus.STOPPED  # the worker hears the search is over
     assert not oracle.tuner_ids and not oracle.abandoned()
+
+
+def test_a_trial_budget_stops_the_search_as_work_and_a_clock_cap_is_marked_as_a_cut(tmp_path):
+    by_work = new_oracle(tmp_path / "work", BudgetedOracle)
+    by_work.trial_limit = 2
+    for _ in range(2):
+        complete(by_work, by_work.create_trial("worker-a"), 0.4)
+    assert by_work.create_trial("worker-a").status == TrialStatus.STOPPED and len(by_work.trials) == 2
+    assert not by_work.cut_short  # the same two trials on any machine
+
+    by_clock = new_oracle(tmp_path / "clock", BudgetedOracle)
+    complete(by_clock, by_clock.create_trial("worker-a"), 0.4)
+    assert by_clock.create_trial("worker-a").status != TrialStatus.STOPPED and not by_clock.cut_short
+    by_clock.deadline = time.monotonic()
+    assert by_clock.create_trial("worker-b").status == TrialStatus.STOPPED and by_clock.cut_short

@@ -186,14 +186,18 @@ def test_rerunning_a_finished_search_runs_no_trial(search):
     assert len(children(client(search.uri), search.parent_id)) == 3
 
 
-def test_spent_budget_stops_after_one_trial_and_retrains_the_best(tmp_path, monkeypatch):
+def test_a_spent_clock_cap_stops_after_one_trial_says_so_and_retrains_the_best(tmp_path, monkeypatch):
     make_prepared(tmp_path)
     uri = isolate(monkeypatch, tmp_path)
-    params = tiny_params(algorithm="bayesian", max_trials=3, max_minutes=0, retrain=True)
+    params = tiny_params(algorithm="bayesian", max_trials=3, max_minutes=1e-9, retrain=True)  # spent at once
     params["train"]["epochs"] = 1  # the retraining gets the untuned model's budget
     metrics = run_tune(params, tmp_path)
     assert metrics["trials"] == 1 and len(pd.read_csv(tmp_path / "reports" / "tune_trials.csv")) == 1
+    assert metrics["budget_cut"] == "the clock cap tune.max_minutes=1e-09 stopped the search after 1 trial(s)"
     info = json.loads((tmp_path / "models" / "tuned" / "run.json").read_text())
+    tuned = client(uri).get_run(info["run_id"])
+    assert tuned.data.tags["budget_cut"] == metrics["budget_cut"]
+    assert client(uri).get_run(tuned.data.tags["tune_run_id"]).data.tags["budget_cut"] == metrics["budget_cut"]
     artifacts = {a.path for a in client(uri).list_artifacts(info["run_id"], "plots")}
     assert "plots/history.csv" in artifacts  # retrained with core.training.fit
     assert [m.step for m in client(uri).get_metric_history(info["run_id"], "val_loss")] == [0]

@@ -336,15 +336,16 @@ def register(client, name: str, candidate: Candidate, reason: str, verdict: str 
 
 
 def source_lineage(client, run_id: str, current: dict[str, str]) -> dict[str, str]:
-    """Data and code versions the model was trained with; the current checkout's where the
-    training run did not record them."""
+    """Data and code versions the model was trained with (the current checkout's where the
+    training run did not record them), and `budget_cut` where a clock cap cut its training short."""
     from mlflow.exceptions import MlflowException
 
     try:
         tags = client.get_run(run_id).data.tags
     except MlflowException as err:
         raise PromotionError(f"MLflow run {run_id} not found in {config.tracking_uri()}: {err}") from err
-    return {key: tags.get(key, value) for key, value in current.items()}
+    return {**{key: tags.get(key, value) for key, value in current.items()},
+            **({"budget_cut": tags["budget_cut"]} if "budget_cut" in tags else {})}
 
 
 # What chose the runtime: each one's speed, and the int8 network's verdict (kept or why not) and DSBs.

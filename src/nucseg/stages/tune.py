@@ -18,14 +18,17 @@ finished trials are not run again and an interrupted trial is retried. A search 
 changed (space, algorithm, or the data/model/loss knobs trials share) starts afresh instead,
 because its old scores would not be comparable with new ones.
 
-Time budget (`tune.max_minutes`, counted from the start of the stage; the retraining is
-bounded by `train.max_minutes` instead): keras-tuner 1.4.8 has no time
-limit, so the oracle gets one (`BudgetedOracleMixin`): once the budget is spent, it answers a
-request for a new trial with "stopped", as it does when a search is complete. No trial is
-half-created, so the saved state stays a valid point to resume from, and (unlike lowering the
-oracle's `max_trials`) a trial waiting in the oracle's retry queue is held back too. At least
-one trial always completes, so there is a best model even with a zero budget; a running trial
-is never cut short.
+Budget: work, not time. The search runs `tune.max_trials` trials (Bayesian optimisation as
+keras-tuner counts them; Hyperband its brackets in order, cut after that many trials, 0: all of
+them), so the same params give the same search on any machine. A wall-clock cap is opt-in
+(`tune.max_minutes` > 0, counted from the start of the stage; the retraining is bounded by
+`train.max_minutes`): keras-tuner 1.4.8 has neither, so the oracle gets both
+(`BudgetedOracleMixin`): once either is spent, it answers a request for a new trial with
+"stopped", as it does when a search is complete. No trial is half-created, so the saved state
+stays a valid point to resume from, and a trial waiting in the oracle's retry queue is held back
+too. At least one trial always completes; a running trial is never cut short. A search the clock
+cut short says so (log, `budget_cut` tag on the tune and tuned runs and so on the registered
+version, `reports/tune_metrics.json`): it depends on the machine's speed.
 
 Distributed search (`role`): Keras Tuner's chief/worker mode. The chief (`role="chief"`) holds
 the oracle and serves it over gRPC at `oracle` (host:port), opens the parent run and, when the
@@ -159,17 +162,24 @@ def trial_result(model: keras.Model, history: dict[str, list[float]], val_sample
 # ---- tuners: MLflow per trial, time budget ----
 
 class BudgetedOracleMixin:
-    """An oracle that starts no trial once `deadline` (time.monotonic) has passed, if one has
-    completed. Comes before the keras-tuner oracle class in the bases."""
+    """An oracle that starts no trial once `trial_limit` trials exist or `deadline`
+    (time.monotonic) has passed, if one has completed; `cut_short` says whether the clock stopped
+    it. Comes before the keras-tuner oracle class in the bases."""
 
     deadline: float = math.inf
+    trial_limit: int | None = None
+    cut_short: bool = False
 
     @kt.synchronized
     def create_trial(self, tuner_id):
-        if tuner_id not in self.ongoing_trials and time.monotonic() >= self.deadline and completed_trials(self):
-            log.info("tune: time budget spent after %d trial(s); starting no more", len(self.trials))
-            self.tuner_ids.discard(tuner_id)  # as for a finished search: the chief waits for no one
-            return Trial(self.hyperparameters.copy(), status=TrialStatus.STOPPED)
+        if tuner_id not in self.ongoing_trials and completed_trials(self):
+            limit_reached = self.trial_limit is not None and len(self.trials) >= self.trial_limit
+            if limit_reached or time.monotonic() >= self.deadline:
+                self.cut_short = self.cut_short or not limit_reached
+                log.info("tune: %s after %d trial(s); starting no more",
+                         "trial budget spent" if limit_reached else "clock cap reached", len(self.trials))
+                self.tuner_ids.discard(tuner_id)  # as for a finished search: the chief waits for no one
+                return Trial(self.hyperparameters.copy(), status=TrialStatus.STOPPED)
         return super().create_trial(tuner_id)
 
 
@@ -247,16 +257,17 @@ def _tracked(what: str, call):
 # these build the tuner on a budgeted one (Tuner.__init__) and keep the rest of the class.
 
 class MlflowHyperband(MlflowTrialMixin, kt.Hyperband):
-    """Hyperband with MLflow trial runs and a time budget."""
+    """Hyperband with MLflow trial runs, cut after `max_trials` trials (0: its full brackets)."""
 
-    def __init__(self, *, objective, max_epochs: int, factor: int, seed: int, deadline: float, **kwargs):
+    def __init__(self, *, objective, max_epochs: int, factor: int, max_trials: int, seed: int, deadline: float,
+                 **kwargs):
         oracle = BudgetedHyperbandOracle(objective, max_epochs=max_epochs, factor=factor, seed=seed)
-        oracle.deadline = deadline
+        oracle.deadline, oracle.trial_limit = deadline, max_trials or None
         kt.Tuner.__init__(self, oracle=oracle, **kwargs)
 
 
 class MlflowBayesianOptimization(MlflowTrialMixin, kt.BayesianOptimization):
-    """Bayesian optimisation with MLflow trial runs and a time budget."""
+    """Bayesian optimisation with MLflow trial runs, `max_trials` of them."""
 
     def __init__(self, *, objective, max_trials: int, seed: int, deadline: float, **kwargs):
         oracle = BudgetedBayesianOracle(objective, max_trials=max_trials, seed=seed)
@@ -271,7 +282,8 @@ def make_tuner(params: dict[str, Any], directory: Path, overwrite: bool, deadlin
               "seed": int(params["train"]["seed"]), "directory": str(directory), "project_name": "search",
               "overwrite": overwrite, "deadline": deadline}
     if cfg["algorithm"] == "hyperband":
-        return MlflowHyperband(max_epochs=int(cfg["max_epochs"]), factor=int(cfg["hyperband_factor"]), **common)
+        return MlflowHyperband(max_epochs=int(cfg["max_epochs"]), factor=int(cfg["hyperband_factor"]),
+                               max_trials=int(cfg["max_trials"]), **common)
     if cfg["algorithm"] == "bayesian":
         return MlflowBayesianOptimization(max_trials=int(cfg["max_trials"]), **common)
     raise ValueError(f"tune.algorithm must be 'hyperband' or 'bayesian', got {cfg['algorithm']!r}")
@@ -433,7 +445,7 @@ def load_trial_model(tuner: kt.Tuner, trial) -> keras.Model:
 
 def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tuple[list, list],
                     model_dir: Path, parent_run_id: str, split_path: str | Path,
-                    val_images: list[dict[str, Any]]) -> dict[str, float]:
+                    val_images: list[dict[str, Any]], extra_tags: dict[str, str]) -> dict[str, float]:
     """The "tuned" run: retrained if tune.retrain, else the best trial's own weights; with its
     thresholds chosen on val (returned: val DSB with the params' and the chosen thresholds)."""
     import mlflow
@@ -444,7 +456,7 @@ def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tupl
     model_dir.mkdir(parents=True, exist_ok=True)
     with mlflow.start_run(run_name="tuned") as active:
         mlflow.set_tags({"stage": "tune", "model_kind": "tuned", "tune_run_id": parent_run_id,
-                         "best_trial_id": best.trial_id, **tracking.lineage_tags()})
+                         "best_trial_id": best.trial_id, **tracking.lineage_tags(), **extra_tags})
         mlflow.log_params(tracking.flatten({k: tuned[k] for k in ("model", "train", "augment", "tune")}))
         datasets.log_split_inputs(split_path, ("train", "val"), params)
         mlflow.log_metrics({f"best_trial_{k}": v for k, v in metrics.items()})
@@ -529,8 +541,9 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
         return run_worker(params, tuner_dir, samples, val_images, find_parent_run(oracle, settings_digest(settings)),
                           tuner_id)
     resume, parent_id = saved_search(tuner_dir, settings)
-    tuner = make_tuner(params, tuner_dir, overwrite=not resume,
-                       deadline=started + 60 * float(params["tune"]["max_minutes"]), val_samples=val_images)
+    cap = float(params["tune"]["max_minutes"])
+    tuner = make_tuner(params, tuner_dir, overwrite=not resume, deadline=started + 60 * cap if cap > 0 else math.inf,
+                       val_samples=val_images)
     if resume:
         log.info("tune: resuming the saved search in %s (%d trials so far)", tuner_dir, len(tuner.oracle.trials))
     with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else "tune") as parent:
@@ -558,8 +571,13 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
         values = space_values(best, params["tune"]["space"])
         io.write_csv(trials_path, trials_table(tuner, params))
         log_search_results(best, values, len(tuner.oracle.trials), Path(trials_path))
-    chosen = log_tuned_model(tuner, best, params, samples, model_dir, parent.info.run_id, split_path, val_images)
-    metrics = {"best_hyperparameters": values, "best_trial_id": best.trial_id,
+        cut = budget_cut(tuner, cap)
+        if cut:
+            log.warning("tune: %s; another machine would search differently (set tune.max_minutes: 0)", cut)
+            mlflow.set_tag("budget_cut", cut)
+    chosen = log_tuned_model(tuner, best, params, samples, model_dir, parent.info.run_id, split_path, val_images,
+                             {"budget_cut": cut} if cut else {})
+    metrics = {"best_hyperparameters": values, "best_trial_id": best.trial_id, "budget_cut": cut,
                **{f"best_trial_{k}": round(v, 5) for k, v in trial_metrics(best).items()},
                **{f"tuned_{k}": round(v, 4) for k, v in chosen.items()},
                "trials": len(tuner.oracle.trials), "trials_this_session": tuner.trials_run,
@@ -567,6 +585,13 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
     io.write_json(metrics_path, metrics)
     log.info("tuned: %s", metrics)
     return metrics
+
+
+def budget_cut(tuner: kt.Tuner, cap_minutes: float) -> str:
+    """Why the clock stopped the search, or "" when its work budget did."""
+    if not tuner.oracle.cut_short:
+        return ""
+    return f"the clock cap tune.max_minutes={cap_minutes:g} stopped the search after {len(tuner.oracle.trials)} trial(s)"
 
 
 def run_worker(params: dict[str, Any], tuner_dir: Path, samples: tuple[list, list], val_images: list[dict[str, Any]],
