@@ -108,7 +108,8 @@ def main() -> None:
 
     classical = classical_test_dsb(Path("artifacts/split.csv"), Path("artifacts/prepared"), Path("data/stage1_train"))
     promotion = json.loads(args.promotion.read_text())
-    levels = promotion["candidates"][promotion["champion"]].get("quality", {})
+    measured = promotion["candidates"][promotion["champion"]].get("quality", {})
+    levels = {level: measured[level] for level in QUALITY_LEVELS if level in measured}
     modalities = sorted(classical.index.drop("overall"))
     print("test DSB (champion's levels as promote measured them)")
     print(f"  {'':<14}" + "".join(f"{name:>11}" for name in [*levels, "classical"]))

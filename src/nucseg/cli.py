@@ -174,14 +174,15 @@ def score(
     """Segment every image of a folder with the registry's champion (or --model-uri), with the
     settings registered with that model."""
     from nucseg.mlops import tracking
+    from nucseg.mlops import model_uris
     from nucseg.stages import score as stage
 
     loaded = _scoring_params(params)
     if model_uri and promotion:
         _fail("give --model-uri or --promotion, not both")
     with _one_line_errors(tracking.TrackingUnavailable, stage.ModelUnavailable, OSError, ValueError):
-        uri = stage.promoted_model_uri(promotion) if promotion else \
-            model_uri or loaded.get("score", {}).get("model_uri", stage.CHAMPION_URI)
+        uri = model_uris.promoted_model_uri(promotion) if promotion else \
+            model_uri or loaded.get("score", {}).get("model_uri", model_uris.CHAMPION_URI)
         result = stage.run(uri, input_dir, output_dir, loaded, geojson=geojson, engine=engine, master=master,
                            diameter=diameter, quality=quality)
     typer.echo(f"scored {len(result.scored)} image(s) into {output_dir}")
@@ -203,12 +204,13 @@ def predict(
     """Segment one image: print its nucleus count, write its label and overlay files."""
     from nucseg import io
     from nucseg.mlops import tracking
+    from nucseg.mlops import model_uris
     from nucseg.stages import score as stage
 
     loaded = _scoring_params(params)
     with _one_line_errors(io.ImageError, tracking.TrackingUnavailable, stage.ModelUnavailable, OSError,
                           ValueError):
-        count = stage.predict_one(model_uri or loaded.get("score", {}).get("model_uri", stage.CHAMPION_URI), image,
+        count = stage.predict_one(model_uri or loaded.get("score", {}).get("model_uri", model_uris.CHAMPION_URI), image,
                                   output_dir, diameter, quality)
     typer.echo(f"{image}: {count} nuclei")
 

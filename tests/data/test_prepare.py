@@ -323,7 +323,7 @@ def test_prepare_sample_with_resize(params, tmp_path):
 # ---- the whole stage on real images ----
 
 def test_run_on_real_slice(params, real_slice, tmp_path):
-    from nucseg.stages.validate import build_manifest
+    from nucseg.core.manifest import build_manifest
 
     manifest = build_manifest(real_slice)
     manifest_path = tmp_path / "manifest.csv"
@@ -357,7 +357,7 @@ def test_run_on_real_slice(params, real_slice, tmp_path):
 
 def test_run_skips_test_images(params, real_slice, tmp_path):
     """Only training rows are prepared (test images have no masks)."""
-    from nucseg.stages.validate import build_manifest
+    from nucseg.core.manifest import build_manifest
 
     manifest = build_manifest(real_slice)
     manifest.loc[manifest.index[-1], "split"] = "test"

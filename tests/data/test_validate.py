@@ -12,7 +12,8 @@ import tifffile
 from typer.testing import CliRunner
 
 from nucseg import io
-from nucseg.stages.validate import ValidationFailed, build_manifest, run
+from nucseg.core.manifest import build_manifest
+from nucseg.stages.validate import ValidationFailed, run
 
 
 def run_validate(params, train_dir: Path, tmp_path: Path):

@@ -23,7 +23,7 @@ def run_prepare(project, limit: int | None = None) -> subprocess.CompletedProces
 
 
 def test_disk_full_during_prepare_leaves_no_half_written_sample(real_slice, tmp_path):
-    from nucseg.stages.validate import build_manifest
+    from nucseg.core.manifest import build_manifest
 
     manifest = build_manifest(real_slice)
     manifest["split"] = "train"

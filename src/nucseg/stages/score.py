@@ -28,14 +28,13 @@ from nucseg.core.measure import COLUMNS
 from nucseg.core.quality import DEFAULT_QUALITY, check_quality
 from nucseg.core.segment import Recipe, segment
 from nucseg.mlops import tracking
+from nucseg.mlops.model_uris import resolve
 from nucseg.mlops.segmenter_model import count_nuclei, load_segmenter
 from nucseg.config import get_logger
 
 log = get_logger("nucseg.score")
 
 DEFAULT_MODALITY_MODEL = "artifacts/modality_model.json"
-MODELS_SCHEME = "models:/"
-CHAMPION_URI = f"{MODELS_SCHEME}{config.REGISTERED_MODEL}@champion"
 
 
 class ModelUnavailable(RuntimeError):
@@ -61,7 +60,7 @@ def load_model(model_uri: str, quality: str = DEFAULT_QUALITY) -> tuple[Any, Rec
     check_quality(quality)
     tracking.setup(create=False)
     try:
-        source = _resolve(model_uri)
+        source = resolve(model_uri)
         network, recipe = load_segmenter(source["loaded_uri"], quality=quality)
     except (MlflowException, OSError, ValueError) as err:
         reason = (getattr(err, "message", "") or str(err) or type(err).__name__).splitlines()[0].rstrip(".")
@@ -71,47 +70,6 @@ def load_model(model_uri: str, quality: str = DEFAULT_QUALITY) -> tuple[Any, Rec
     source["quality"] = quality
     log.info("scoring with %s, recipe %s", source, recipe)
     return network, recipe, source
-
-
-def promoted_model_uri(promotion_path: str | Path) -> str:
-    """`models:/<name>/<version>` of the champion a promotion report names: in production the
-    version `champion` points at, under `dvc exp run` the one the experiment would make champion."""
-    try:
-        version = int(json.loads(Path(promotion_path).read_text())["champion_version"])
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{promotion_path}: not found; run `dvc repro promote` first") from err
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{promotion_path}: expected a promotion report with champion_version ({err!r})") from err
-    return f"{MODELS_SCHEME}{config.REGISTERED_MODEL}/{version}"
-
-
-def _resolve(model_uri: str) -> dict[str, str]:
-    """Registry name, version and run behind a `models:/name@alias` or `models:/name/<version>`
-    URI; any other URI is recorded and loaded as given."""
-    from mlflow import MlflowClient
-
-    record = {"model_uri": model_uri, "loaded_uri": model_uri}
-    name, alias, version = _parse_models_uri(model_uri)
-    if not name:
-        return record
-    client = MlflowClient()
-    found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    record.update(name=found.name, version=str(found.version), run_id=found.run_id or "",
-                  loaded_uri=f"{MODELS_SCHEME}{found.name}/{found.version}")
-    return record
-
-
-def _parse_models_uri(model_uri: str) -> tuple[str, str, str]:
-    """(name, alias, version) of a registry URI; name is "" for URIs naming no fixed version
-    or alias (runs:/, paths, models:/name/latest, logged-model ids)."""
-    if not model_uri.startswith(MODELS_SCHEME):
-        return "", "", ""
-    body = model_uri[len(MODELS_SCHEME):]
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        return name, alias, ""
-    name, _, version = body.rpartition("/")
-    return (name, "", version) if name and version.isdigit() else ("", "", "")
 
 
 def load_modality_model(path: str | Path) -> dict[str, Any] | None:

@@ -1,0 +1,54 @@
+"""Model URIs as users and stages give them: the registry version a `models:/name@alias` names
+now (so a run records exactly the model that scored, even if the alias moves meanwhile), and
+the champion a promotion report names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nucseg import config
+
+MODELS_SCHEME = "models:/"
+CHAMPION_URI = f"{MODELS_SCHEME}{config.REGISTERED_MODEL}@champion"
+
+
+def promoted_model_uri(promotion_path: str | Path) -> str:
+    """`models:/<name>/<version>` of the champion a promotion report names: in production the
+    version `champion` points at, under `dvc exp run` the one the experiment would make champion."""
+    try:
+        version = int(json.loads(Path(promotion_path).read_text())["champion_version"])
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{promotion_path}: not found; run `dvc repro promote` first") from err
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{promotion_path}: expected a promotion report with champion_version ({err!r})") from err
+    return f"{MODELS_SCHEME}{config.REGISTERED_MODEL}/{version}"
+
+
+def resolve(model_uri: str) -> dict[str, str]:
+    """Registry name, version and run behind a `models:/name@alias` or `models:/name/<version>`
+    URI; any other URI is recorded and loaded as given."""
+    from mlflow import MlflowClient
+
+    record = {"model_uri": model_uri, "loaded_uri": model_uri}
+    name, alias, version = _parse_models_uri(model_uri)
+    if not name:
+        return record
+    client = MlflowClient()
+    found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    record.update(name=found.name, version=str(found.version), run_id=found.run_id or "",
+                  loaded_uri=f"{MODELS_SCHEME}{found.name}/{found.version}")
+    return record
+
+
+def _parse_models_uri(model_uri: str) -> tuple[str, str, str]:
+    """(name, alias, version) of a registry URI; name is "" for URIs naming no fixed version
+    or alias (runs:/, paths, models:/name/latest, logged-model ids)."""
+    if not model_uri.startswith(MODELS_SCHEME):
+        return "", "", ""
+    body = model_uri[len(MODELS_SCHEME):]
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return name, alias, ""
+    name, _, version = body.rpartition("/")
+    return (name, "", version) if name and version.isdigit() else ("", "", "")
