@@ -38,10 +38,23 @@ def _fail_if_refused(err: Exception) -> None:
         _fail(message)
 
 
+def _fail_if_missing_from_store(err: Exception) -> None:
+    """A run or model an earlier stage logged but the tracking store lacks (DVC does not see the
+    store: a fresh or another mlflow.db leaves `dvc status` clean) becomes one line saying how to
+    rebuild it; any other error goes on."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException) and err.error_code == "RESOURCE_DOES_NOT_EXIST":
+        what = (err.message or str(err)).splitlines()[0].rstrip(".")
+        _fail(f"{what} in the MLflow tracking store {config.tracking_uri()}, which is not the store the earlier "
+              "stages logged to. Point MLFLOW_TRACKING_URI at that store, or rebuild what this stage reads: "
+              "`dvc repro -f train tune` (then `dvc repro` runs the rest).")
+
+
 @contextmanager
 def _one_line_errors(*expected: type[Exception]) -> Iterator[None]:
-    """`expected` failures and refusals by the tracking server become one red line and exit
-    status 1; anything else keeps its traceback."""
+    """`expected` failures, refusals by the tracking server and runs or models missing from it
+    become one red line and exit status 1; anything else keeps its traceback."""
     try:
         yield
     except expected as err:
@@ -49,6 +62,7 @@ def _one_line_errors(*expected: type[Exception]) -> Iterator[None]:
         _fail(str(err))
     except Exception as err:
         _fail_if_refused(err)
+        _fail_if_missing_from_store(err)
         raise
 
 

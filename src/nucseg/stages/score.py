@@ -66,7 +66,8 @@ def load_model(model_uri: str, quality: str = DEFAULT_QUALITY) -> tuple[Any, Rec
         reason = (getattr(err, "message", "") or str(err) or type(err).__name__).splitlines()[0].rstrip(".")
         raise ModelUnavailable(
             f"cannot load model {model_uri}: {reason}. "
-            "Register and promote a model with `dvc repro promote`, or pass another --model-uri.") from err
+            "Register and promote a model with `dvc repro promote` (`dvc repro -f promote` where DVC says it is "
+            "up to date: this tracking store is not the one it registered into), or pass another --model-uri.") from err
     source["quality"] = quality
     log.info("scoring with %s, recipe %s", source, recipe)
     return network, recipe, source
