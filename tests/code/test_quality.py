@@ -9,26 +9,7 @@ from skimage.draw import disk
 
 from nucseg.core.quality import QUALITY_LEVELS, at_quality, check_quality, measure_levels
 from nucseg.core.segment import Recipe
-
-
-def bright_is_nucleus_network():
-    """A 1x1 convolution: foreground ~1 on bright pixels, ~0 on dark ones, no separator."""
-    import keras
-
-    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(2, 1, activation="sigmoid")])
-    kernel = np.zeros((1, 1, 3, 2), np.float32)
-    kernel[..., 0] = 10.0
-    model.layers[0].set_weights([kernel, np.array([-15.0, -10.0], np.float32)])
-    return model
-
-
-class CountingNetwork:
-    def __init__(self, model):
-        self.model, self.passes = model, 0
-
-    def predict_on_batch(self, batch):
-        self.passes += 1
-        return self.model.predict_on_batch(batch)
+from test_segment import CountingNetwork, bright_is_nucleus_model
 
 
 def disks_sample(modality: str) -> dict:
@@ -59,7 +40,7 @@ def test_an_unknown_level_is_refused_by_name(level):
 def test_measured_levels_report_dsb_per_modality_and_speed_and_fast_runs_fewer_passes():
     samples = [disks_sample("fluorescence"), disks_sample("histology")]
     recipe = Recipe(tta="flips", nucleus_diameter=18, min_object_area=0)
-    network = CountingNetwork(bright_is_nucleus_network())
+    network = CountingNetwork(bright_is_nucleus_model())
     passes = {}
     for level in QUALITY_LEVELS:
         before = network.passes
