@@ -38,7 +38,9 @@ import pandas as pd
 from nucseg import io
 from nucseg.config import load_params
 from nucseg.core.augment import AugmentConfig
-from nucseg.core.evaluation import evaluate_model, load_split_samples, summarize
+from nucseg.core.data import load_split
+from nucseg.core.evaluation import evaluate_model, summarize
+
 from nucseg.core.metrics import dsb_score
 from nucseg.core.segment import Recipe, segment
 from nucseg.mlops import tracking
@@ -106,7 +108,7 @@ SHIFTS = {"darker": darker, "paler": paler, "restained": restained}
 
 def raw_test_images(split_path: str, manifest_path: str) -> list[dict]:
     manifest = pd.read_csv(manifest_path).set_index("id")
-    samples = load_split_samples(split_path, "artifacts/prepared", "test")
+    samples = load_split(split_path, "artifacts/prepared", ("test",))["test"]
     return [{"id": s["id"], "modality": s["modality"], "labels": s["labels"],
              "raw": io.to_rgb(io.read_image(manifest.loc[s["id"], "image_path"]))[..., :3]} for s in samples]
 
@@ -164,7 +166,7 @@ def score_step(step: str, params: dict, model_dir: Path, raw: list[dict], run_id
     if step == "tta":
         recipe = dataclasses.replace(recipe, tta=params["inference"]["tta"])
     model = keras.saving.load_model(model_dir / "model.keras", compile=False)
-    samples = load_split_samples("artifacts/split.csv", prepared_dir(params), "test")
+    samples = load_split("artifacts/split.csv", prepared_dir(params), ("test",))["test"]
     started = time.perf_counter()
     per_image, _ = evaluate_model(model, samples, recipe, desc=f"ablation {step}: test")
     seconds = time.perf_counter() - started
@@ -194,6 +196,7 @@ def main() -> None:
     import mlflow
 
     from nucseg.core.training import choose_recipe
+    from nucseg.mlops.logged_models import log_recipe
 
     tracking.setup()
     params = load_params()
@@ -211,8 +214,9 @@ def main() -> None:
             model_dir.mkdir(parents=True, exist_ok=True)
             if step == "thresholds":
                 model = keras.saving.load_model(base_dir / "model.keras", compile=False)
+                samples = load_split("artifacts/split.csv", prepared_dir(p), ("train", "val"))
                 with mlflow.start_run(run_name="ablation-thresholds") as run:
-                    choose_recipe(model, p, load_split_samples("artifacts/split.csv", prepared_dir(p), "val"), model_dir)
+                    log_recipe(model_dir, *choose_recipe(model, p, samples["train"], samples["val"], model_dir))
                 model.save(model_dir / "model.keras")
                 rows.append(score_step(step, p, model_dir, raw, run.info.run_id, base_run))
             else:

@@ -27,12 +27,14 @@ def main() -> None:
     if args.recompute:
         import keras
 
-        from nucseg.core.evaluation import evaluate_model, load_split_samples, summarize
+        from nucseg.core.data import load_split
+        from nucseg.core.evaluation import evaluate_model, summarize
+
         from nucseg.core.segment import Recipe
 
         model = keras.saving.load_model("models/untuned/model.keras", compile=False)
         for split in ("val", "test"):
-            samples = load_split_samples("artifacts/split.csv", "artifacts/prepared", split)
+            samples = load_split("artifacts/split.csv", "artifacts/prepared", (split,))[split]
             recipe = Recipe.from_dict(json.loads(Path("models/untuned/recipe.json").read_text()))
             per_image, _ = evaluate_model(model, samples, recipe, desc=f"benchmark {split}")
             show(f"untuned on {split} (recomputed)", summarize(per_image))

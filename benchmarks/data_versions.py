@@ -71,7 +71,9 @@ def main() -> None:
     from nucseg import config, io
     from nucseg.mlops import datasets, tracking
     from nucseg.stages import prepare, train
-    from nucseg.core.evaluation import evaluate_model, load_split_samples, summarize
+    from nucseg.core.data import load_split
+    from nucseg.core.evaluation import evaluate_model, summarize
+
     from nucseg.core.segment import Recipe
 
     import keras
@@ -94,7 +96,7 @@ def main() -> None:
                   model_dir=v1_model_dir, metrics_path=V1_ROOT / "reports" / "train_metrics.json",
                   history_path=V1_ROOT / "reports" / "train_history.csv")
 
-    test = load_split_samples(ROOT / "artifacts" / "split.csv", ROOT / "artifacts" / "prepared", "test")
+    test = load_split(ROOT / "artifacts" / "split.csv", ROOT / "artifacts" / "prepared", ("test",))["test"]
     v2_md5 = tracking.data_md5(ROOT / "data.dvc")
     tracking.setup()
     rows = []

@@ -17,7 +17,9 @@ from pathlib import Path
 import nucseg.config  # noqa: F401 - backend before keras
 import keras
 
-from nucseg.core.evaluation import evaluate_model, evaluate_shifted, load_split_samples, summarize_shifts
+from nucseg.core.data import load_split
+from nucseg.core.evaluation import evaluate_model, evaluate_shifted, summarize_shifts
+
 from nucseg.core.segment import Recipe, probability_maps, size_of
 from nucseg.core.shifts import SHIFTS
 
@@ -42,7 +44,7 @@ def main() -> None:
     if args.band:
         low, high = map(float, args.band.split(","))
         recipe = dataclasses.replace(recipe, size_band_low=low, size_band_high=high)
-    samples = load_split_samples(args.split, args.samples, args.on)
+    samples = load_split(args.split, args.samples, (args.on,))[args.on]
     if args.images:
         samples = samples[:: max(1, len(samples) // args.images)]
     print(f"model {model_dir}, {len(samples)} {args.on} images, nucleus_diameter {recipe.nucleus_diameter}, "

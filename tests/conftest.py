@@ -96,8 +96,7 @@ def synthetic_prepared(tmp_path) -> Path:
 def tiny_params(params) -> dict:
     """Defaults shrunk to seconds: tiny U-Net, tiny crops, two short epochs."""
     params["model"].update(depth=2, base_filters=4)
-    params["train"].update(crop_size=32, batch_size=2, steps_per_epoch=2, epochs=2, val_crops=2, workers=1,
-                           max_minutes=5)
+    params["train"].update(crop_size=32, batch_size=2, steps_per_epoch=2, epochs=2, val_crops=2, workers=1)
     params["inference"].update(tile_size=64, tile_overlap=16)
     return params
 
@@ -132,8 +131,7 @@ def small_params() -> dict:
     params["modality"]["examples_per_cluster"] = 2
     params["split"].update(val_fraction=0.25, test_fraction=0.25)
     params["model"].update(depth=2, base_filters=4)
-    params["train"].update(crop_size=64, batch_size=2, steps_per_epoch=2, epochs=1, val_crops=2, workers=1,
-                           max_minutes=2)
+    params["train"].update(crop_size=64, batch_size=2, steps_per_epoch=2, epochs=1, val_crops=2, workers=1)
     params["inference"].update(tile_size=256, tile_overlap=32)
     params["evaluate"].update(overlays_per_modality=1, shifts=["x2", "darker"])
     params["unseen"].update(epochs=1, folds=[["histology"], ["brightfield"], ["fluorescence"]])

@@ -111,10 +111,9 @@ def prepare(params: Path = PARAMS) -> None:
 @app.command()
 def train(params: Path = PARAMS) -> None:
     """Train the untuned U-Net (resumes an interrupted run) and log it to MLflow."""
-    from nucseg.core.training import ResumeRefused
     from nucseg.stages import train as stage
 
-    _run_stage("trained", stage.run, params, ResumeRefused)
+    _run_stage("trained", stage.run, params)
 
 
 @app.command()

@@ -35,3 +35,25 @@ def test_no_stage_imports_another_stage():
 def test_every_layer_is_a_package():
     assert all((PACKAGE / name / "__init__.py").exists() for name in LAYERS)
     assert Path(PACKAGE / "cli.py").exists()
+
+
+def third_party_roots(tree: ast.AST) -> set[str]:
+    """Top-level packages a syntax tree imports, at any depth (inside functions too)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+    return found
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith("core/")])
+def test_core_knows_nothing_of_mlflow_or_dvc(module):
+    roots = third_party_roots(ast.parse((PACKAGE / module).read_text()))
+    assert not roots & {"mlflow", "dvc"}, f"{module} imports {sorted(roots & {'mlflow', 'dvc'})}: that belongs in mlops"
+
+
+def test_the_import_finder_sees_imports_inside_functions():
+    tree = ast.parse("def f():\n    import mlflow.keras\n    from dvc.repo import Repo\nfrom . import x\n")
+    assert third_party_roots(tree) == {"mlflow", "dvc"}

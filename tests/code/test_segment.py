@@ -50,6 +50,14 @@ def test_recipe_round_trips_and_rejects_bad_values():
         Recipe.from_dict({"fg_treshold": 0.5})
 
 
+def test_params_yaml_holds_the_recipes_defaults(default_params):
+    """One source of defaults: a recipe made without params is the one params.yaml describes."""
+    from nucseg.core.postprocess import DEFAULTS
+
+    assert Recipe.from_params(default_params) == Recipe()
+    assert {key: default_params["postprocess"][key] for key in DEFAULTS} == DEFAULTS
+
+
 def test_recipe_from_params_takes_its_three_sections(default_params):
     recipe = Recipe.from_params(default_params)
     assert recipe.normalize_high == default_params["prepare"]["normalize_high"]
@@ -62,7 +70,7 @@ def test_tta_of_a_symmetric_model_equals_no_tta(tta):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
     model = pointwise_model()
-    plain = probability_maps(model, image, Recipe())
+    plain = probability_maps(model, image, Recipe(tta="none"))
     averaged = probability_maps(model, image, Recipe(tta=tta))
     np.testing.assert_allclose(averaged, plain, atol=1e-6)
 
@@ -71,7 +79,7 @@ def test_tta_averages_the_flips_of_an_asymmetric_model():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     model = random_unet()
-    views = [probability_maps(model, np.ascontiguousarray(image[::r, ::c]), Recipe())[::r, ::c]
+    views = [probability_maps(model, np.ascontiguousarray(image[::r, ::c]), Recipe(tta="none"))[::r, ::c]
              for r, c in ((1, 1), (-1, 1), (1, -1), (-1, -1))]
     np.testing.assert_allclose(probability_maps(model, image, Recipe(tta="flips")), np.mean(views, axis=0), atol=1e-5)
 
@@ -84,7 +92,7 @@ def test_dihedral_tta_averages_the_eight_turned_and_mirrored_views():
     for turns in range(4):
         for mirror in (False, True):
             view = np.rot90(image, turns)[:, ::-1] if mirror else np.rot90(image, turns)
-            maps = probability_maps(model, np.ascontiguousarray(view), Recipe())
+            maps = probability_maps(model, np.ascontiguousarray(view), Recipe(tta="none"))
             views.append(np.rot90(maps[:, ::-1] if mirror else maps, -turns))
     dihedral = probability_maps(model, image, Recipe(tta="dihedral"))
     assert dihedral.shape == (32, 64, 2)

@@ -42,14 +42,6 @@ def test_training_killed_under_dvc_repro_resumes(tmp_path):
     repro.wait()
     killed = json.loads(state_file.read_text())
 
-    changed = yaml.safe_load((project / "params.yaml").read_text())
-    changed["train"]["learning_rate"] = 0.0123
-    (project / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
-    refused = subprocess.run(["dvc", "repro", "train"], cwd=project, env=env, capture_output=True, text=True)
-    assert refused.returncode != 0 and "other settings" in refused.stdout + refused.stderr
-    assert state_file.exists()  # nothing was lost by refusing
-
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     resumed = subprocess.run(["dvc", "repro", "train"], cwd=project, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resuming MLflow run {killed['run_id']} at epoch {killed['epoch'] + 2}" in resumed.stdout + resumed.stderr
@@ -89,6 +81,7 @@ def test_tracking_server_outage_mid_training_costs_no_epoch(tiny_params, synthet
     import keras
 
     from nucseg.core import training
+    from nucseg.core.data import load_split
     from nucseg.mlops import tracking
     from nucseg.mlops.logged_models import MlflowLive
 
@@ -108,13 +101,13 @@ def test_tracking_server_outage_mid_training_costs_no_epoch(tiny_params, synthet
                 server.start()
 
     tiny_params["train"].update(epochs=4, early_stopping_patience=10)
-    train, val = training.split_samples(synthetic_prepared / "split.csv", synthetic_prepared / "prepared")
+    samples = load_split(synthetic_prepared / "split.csv", synthetic_prepared / "prepared", ("train", "val"))
     model = training.build_model(tiny_params["model"], tiny_params["train"])
     live = MlflowLive()
     try:
         with caplog.at_level("WARNING"), mlflow.start_run() as run:
-            history = training.fit(model, train, val, tiny_params, tmp_path / "work", run.info.run_id,
-                                   extra_callbacks=[live, Outage()])
+            history, _ = training.fit(model, samples["train"], samples["val"], tiny_params, tmp_path / "work",
+                                      run.info.run_id, extra_callbacks=[live, Outage()])
             live.backfill(run.info.run_id, history)
         assert f"tracking server {server.url} did not take the metrics of epoch 2" in caplog.text
         steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_loss")]
@@ -126,7 +119,7 @@ def test_tracking_server_outage_mid_training_costs_no_epoch(tiny_params, synthet
 
 def test_trials_whose_logging_fails_do_not_end_the_search(tmp_path, monkeypatch, caplog):
     from conftest import tiny_tune_params, write_synthetic_prepared
-    from nucseg.core import training
+    from nucseg.core.data import load_split
     from nucseg.mlops import tracking
     from nucseg.stages import tune
 
@@ -137,16 +130,15 @@ def test_trials_whose_logging_fails_do_not_end_the_search(tmp_path, monkeypatch,
     tracking.setup()
     prepared = write_synthetic_prepared(tmp_path / "artifacts")
     params = tiny_tune_params(algorithm="bayesian", max_trials=2, max_epochs=1)
-    from nucseg.core.evaluation import load_split_samples
-
-    val = load_split_samples(prepared / "split.csv", prepared / "prepared", "val")
+    samples = load_split(prepared / "split.csv", prepared / "prepared", ("train", "val"))
+    val = samples["val"]
     tuner = tune.make_tuner(params, tmp_path / "tuner", overwrite=True, deadline=float("inf"), val_samples=val)
     try:
         with mlflow.start_run() as parent:
             tuner.parent_run_id = parent.info.run_id
             server.stop()  # gone before the first trial
             with caplog.at_level("WARNING"):
-                tune.run_search(tuner, params, *training.split_samples(prepared / "split.csv", prepared / "prepared"))
+                tune.run_search(tuner, params, samples["train"], val)
             assert len(tune.completed_trials(tuner)) == 2  # both trials trained and scored
             assert f"MLflow tracking store {server.url} did not answer" in caplog.text
             server.start()

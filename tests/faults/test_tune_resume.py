@@ -58,14 +58,3 @@ def test_saved_search_resumes_only_on_the_same_data_split_and_code(project, capl
     with caplog.at_level("WARNING"):
         assert run_tune(project)["trials_this_session"] == 1
     assert "split" in caplog.text and parent_run(project) != second
-
-
-def test_code_digest_follows_the_code(tmp_path):
-    files = [tmp_path / "a.py", tmp_path / "b.py"]
-    for path in files:
-        path.write_text("x = 1\n")
-    before = tune.code_digest(files)
-    assert tune.code_digest(files) == before
-    files[1].write_text("x = 2\n")
-    assert tune.code_digest(files) != before
-    assert ROOT / "src" / "nucseg" / "stages" / "tune.py" in tune.trial_code()

@@ -251,15 +251,15 @@ def test_better_tuned_model_is_champion_and_rerun_is_idempotent(world, promote, 
 
 def test_an_int8_network_keeps_the_float_networks_labels(world, params, tmp_path):
     from nucseg.core import metrics, runtime
-    from nucseg.core.evaluation import load_split_samples
+    from nucseg.core.data import load_split
     from nucseg.core.segment import segment_prepared
 
     network, recipe = _unet(True), Recipe.from_params(params)
     runtime.export_onnx(network, tmp_path / "float.onnx")
-    images = [s["image"] for s in load_split_samples(world.split, world.samples, "train")]
+    images = [s["image"] for s in load_split(world.split, world.samples, ("train",))["train"]]
     runtime.quantize_onnx(tmp_path / "float.onnx", tmp_path / "int8.onnx", runtime.calibration_crops(images, 32, 16))
     on_float, on_int8 = runtime.OnnxNetwork(tmp_path / "float.onnx"), runtime.OnnxNetwork(tmp_path / "int8.onnx")
-    for sample in load_split_samples(world.split, world.samples, "test"):
+    for sample in load_split(world.split, world.samples, ("test",))["test"]:
         labels = [segment_prepared(net, sample["image"], recipe, *sample["labels"].shape)[0] for net in (on_float, on_int8)]
         assert labels[0].max() == 3
         assert metrics.dsb_scores_per_threshold(labels[0], labels[1]).mean() >= 0.95

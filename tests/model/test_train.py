@@ -72,26 +72,40 @@ def test_interrupted_training_resumes_in_the_same_run(tiny_params, synthetic_pre
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_resume_under_changed_params_is_refused(tiny_params, synthetic_prepared, mlflow_store, tmp_path, monkeypatch):
-    from nucseg.core.training import ResumeRefused
-
-    tiny_params["train"]["epochs"] = 2
+def test_resume_follows_the_budget_and_restarts_on_other_settings(tiny_params, synthetic_prepared, mlflow_store,
+                                                                   tmp_path, monkeypatch, caplog):
     original = MlflowLive.on_epoch_end
 
     def crash(self, epoch, logs=None):
         raise KeyboardInterrupt("simulated interruption")
 
-    monkeypatch.setattr(MlflowLive, "on_epoch_end", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(tiny_params, synthetic_prepared, tmp_path)
-    monkeypatch.setattr(MlflowLive, "on_epoch_end", original)
+    def interrupted(params):
+        monkeypatch.setattr(MlflowLive, "on_epoch_end", crash)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(params, synthetic_prepared, tmp_path)
+        monkeypatch.setattr(MlflowLive, "on_epoch_end", original)
+        return json.loads((tmp_path / "checkpoints" / "state.json").read_text())["run_id"]
+
+    first = interrupted(tiny_params)
+    budget = {**tiny_params, "train": {**tiny_params["train"], "epochs": 3, "max_minutes": 7}}  # budgets change no epoch
+    assert run_train(budget, synthetic_prepared, tmp_path)["epochs"] == 3
+    assert json.loads((tmp_path / "models" / "run.json").read_text())["run_id"] == first
+
+    second = interrupted(tiny_params)
     changed = {**tiny_params, "train": {**tiny_params["train"], "learning_rate": 0.1234}}
-    with pytest.raises(ResumeRefused, match="other settings.*Restore the params.*or delete"):
-        run_train(changed, synthetic_prepared, tmp_path)
-    budget = {**tiny_params, "train": {**tiny_params["train"], "max_minutes": 7}}  # a budget is not a setting
-    assert run_train(budget, synthetic_prepared, tmp_path)["epochs"] == 2
+    with caplog.at_level("WARNING"):
+        assert run_train(changed, synthetic_prepared, tmp_path)["epochs"] == 2
+    assert "interrupted after epoch 1 on other params.train; starting afresh" in caplog.text
+    assert json.loads((tmp_path / "models" / "run.json").read_text())["run_id"] != second
 
 
-def test_time_budget_stops_after_one_epoch(tiny_params, synthetic_prepared, mlflow_store, tmp_path):
-    tiny_params["train"].update(epochs=5, max_minutes=0)
-    assert run_train(tiny_params, synthetic_prepared, tmp_path)["epochs"] == 1
+def test_clock_cap_is_opt_in_and_labels_the_run_it_cuts(tiny_params, synthetic_prepared, mlflow_store, tmp_path):
+    tiny_params["train"].update(epochs=3, max_minutes=0)  # 0: no cap
+    uncapped = run_train(tiny_params, synthetic_prepared, tmp_path)
+    assert uncapped["epochs"] == 3 and uncapped["budget_cut"] == ""
+    tiny_params["train"].update(max_minutes=1e-9)
+    metrics = run_train(tiny_params, synthetic_prepared, tmp_path)
+    assert metrics["epochs"] == 1
+    assert metrics["budget_cut"] == "the clock cap train.max_minutes=1e-09 stopped training after epoch 1 of 3"
+    run_id = json.loads((tmp_path / "models" / "run.json").read_text())["run_id"]
+    assert mlflow.MlflowClient().get_run(run_id).data.tags["budget_cut"] == metrics["budget_cut"]

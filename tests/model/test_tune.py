@@ -164,11 +164,12 @@ def test_the_objective_is_the_dsb_of_whole_val_images_after_post_processing(sear
     ranked it by."""
     import keras
 
-    from nucseg.core.evaluation import evaluate_model, load_split_samples
+    from nucseg.core.data import load_split
+    from nucseg.core.evaluation import evaluate_model
     from nucseg.core.segment import Recipe
 
     assert tune.OBJECTIVE == ("val_dsb", "max")
-    val = load_split_samples(search.root / "split.csv", search.root / "prepared", "val")
+    val = load_split(search.root / "split.csv", search.root / "prepared", ("val",))["val"]
     model = keras.saving.load_model(search.root / "models" / "tuned" / "model.keras", compile=False)
     trial_recipe = dataclasses.replace(Recipe.from_params(search.params), tta="none", rescale=False)
     per_image, _ = evaluate_model(model, val, trial_recipe)

@@ -64,7 +64,7 @@ def recipe_dsb(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], recipe:
 
 
 def search_recipe(model, samples: Sequence[dict[str, Any]], recipe: Recipe, grid: Mapping[str, Sequence[Any]],
-                  desc: str = "thresholds") -> tuple[Recipe, pd.DataFrame]:
+                  max_rounds: int = 3, desc: str = "thresholds") -> tuple[Recipe, pd.DataFrame]:
     """`recipe` with the post-processing settings of `grid` that score best on `samples`
     (prepared images with their true `labels`), and the table of every candidate scored."""
     unknown = sorted(set(grid) - set(SEARCHABLE))
@@ -81,6 +81,6 @@ def search_recipe(model, samples: Sequence[dict[str, Any]], recipe: Recipe, grid
         return recipe_dsb(maps, truths, dataclasses.replace(recipe, **values), factors)
 
     start = {name: getattr(recipe, name) for name in grid}
-    best, table = coordinate_search(score, {name: list(options) for name, options in grid.items()}, start)
+    best, table = coordinate_search(score, {name: list(options) for name, options in grid.items()}, start, max_rounds)
     progress.close()
     return dataclasses.replace(recipe, **best), table

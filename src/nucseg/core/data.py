@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 import nucseg.config  # noqa: F401 - backend and log-level defaults must be set before keras loads
@@ -32,6 +33,22 @@ def _load_sample(path: Path, with_labels: bool) -> dict[str, Any]:
     diameter = instance_diameter(labels) * image.shape[0] / labels.shape[0]
     return {"id": path.stem, "image": image, "target": target, "diameter": diameter,
             **({"labels": labels} if with_labels else {})}
+
+
+def load_split(split_path: str | Path, samples_dir: str | Path, sides: Sequence[str],
+               with_labels: bool = True, desc: str = "loading") -> dict[str, list[dict[str, Any]]]:
+    """The prepared samples of each side of the split, checked as `load_samples` checks them, each
+    with its `split` and `modality` from the split table (the instance `labels` only
+    `with_labels`: whole-image scoring needs them, training crops do not)."""
+    split = pd.read_csv(split_path)
+    loaded = {}
+    for side in sides:
+        rows = split[split["split"] == side]
+        samples = load_samples([Path(samples_dir) / f"{i}.npz" for i in rows["id"]], desc=f"{desc} {side} samples",
+                               with_labels=with_labels)
+        loaded[side] = [{**sample, "split": side, "modality": modality}
+                        for sample, modality in zip(samples, rows["modality"])]
+    return loaded
 
 
 def training_diameter(samples: Sequence[dict[str, Any]]) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,17 +11,6 @@ from tqdm import tqdm
 from nucseg.core import metrics
 from nucseg.core.segment import Recipe, segment_prepared
 from nucseg.core.shifts import SHIFTS, shifted_copy
-
-
-def load_split_samples(split_path: str | Path, samples_dir: str | Path, split: str = "val") -> list[dict[str, Any]]:
-    """Images of one side of the split with their true labels and modality."""
-    table = pd.read_csv(split_path)
-    samples = []
-    for row in table[table["split"] == split].itertuples():
-        path = Path(samples_dir) / f"{row.id}.npz"
-        with np.load(path) as npz:
-            samples.append({"id": row.id, "modality": row.modality, "image": npz["image"], "labels": npz["labels"]})
-    return samples
 
 
 def evaluate_model(model, samples: list[dict[str, Any]], recipe: Recipe, desc: str = "evaluate"):

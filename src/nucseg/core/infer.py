@@ -13,14 +13,21 @@ import math
 import numpy as np
 
 
+# The defaults of every recipe (`segment.Recipe` takes them from here). Images are padded to a
+# multiple of 32 px: enough for U-Nets up to depth 5 and the MobileNetV2 encoder, so a model
+# loaded from the registry needs no knowledge of how it was built.
+MULTIPLE = 32
+TILE_SIZE, TILE_OVERLAP, MAX_UNTILED_PIXELS = 512, 64, 1_048_576
+
+
 def predict_maps(
     model,
     image: np.ndarray,
     *,
-    multiple: int = 16,
-    tile_size: int = 512,
-    overlap: int = 64,
-    max_untiled_pixels: int = 1_048_576,
+    multiple: int = MULTIPLE,
+    tile_size: int = TILE_SIZE,
+    overlap: int = TILE_OVERLAP,
+    max_untiled_pixels: int = MAX_UNTILED_PIXELS,
     tiles_per_batch: int = 4,
 ) -> np.ndarray:
     """Float32 HxWxK probability maps for a float32 HxWxC image in [0, 1].

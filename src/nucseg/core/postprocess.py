@@ -7,16 +7,21 @@ from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential, watershed
 
 
+# The defaults of every recipe (`segment.Recipe` takes them from here; params.yaml repeats them, a test checks).
+DEFAULTS = {"fg_threshold": 0.5, "marker_threshold": 0.7, "border_threshold": 0.3, "min_marker_area": 4,
+            "min_object_area": 12, "fill_holes": True}
+
+
 def labels_from_maps(
     foreground: np.ndarray,
     border: np.ndarray,
     *,
-    fg_threshold: float = 0.5,
-    marker_threshold: float = 0.7,
-    border_threshold: float = 0.3,
-    min_marker_area: int = 4,
-    min_object_area: int = 12,
-    fill_holes: bool = True,
+    fg_threshold: float = DEFAULTS["fg_threshold"],
+    marker_threshold: float = DEFAULTS["marker_threshold"],
+    border_threshold: float = DEFAULTS["border_threshold"],
+    min_marker_area: int = DEFAULTS["min_marker_area"],
+    min_object_area: int = DEFAULTS["min_object_area"],
+    fill_holes: bool = DEFAULTS["fill_holes"],
 ) -> np.ndarray:
     """uint16 instance labels 1..N (0 = background) from sigmoid foreground/border maps.
 

@@ -16,14 +16,11 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-from nucseg.core.infer import predict_maps
+from nucseg.core.infer import MAX_UNTILED_PIXELS, MULTIPLE, TILE_OVERLAP, TILE_SIZE, predict_maps
+from nucseg.core.postprocess import DEFAULTS as POSTPROCESSING
 from nucseg.core.postprocess import labels_from_maps
 from nucseg.core.preprocess import INPUT_FORMS, preprocess, preprocessing, resize_labels
 from nucseg.core.scale import SizeEstimate, estimate_size, foreground_diameter, instance_diameter, rescale_factor
-
-# Pads every image to a multiple of 32: enough for U-Nets up to depth 5 and the MobileNetV2
-# encoder, so a model loaded from the registry needs no knowledge of how it was built.
-INFERENCE_MULTIPLE = 32
 
 # Test-time augmentation: the views (quarter turns, mirrored) whose maps are averaged.
 # `flips` = identity, vertical, horizontal and both flips (= a half turn).
@@ -41,24 +38,24 @@ class Recipe:
     normalize_low: float = 1.0
     normalize_high: float = 99.8
     resize: int = 0
-    input_form: str = "rgb"
+    input_form: str = "grey"
     clahe_clip: float = 0.0
-    tile_size: int = 512
-    tile_overlap: int = 64
-    max_untiled_pixels: int = 1_048_576
-    tta: str = "none"
+    tile_size: int = TILE_SIZE
+    tile_overlap: int = TILE_OVERLAP
+    max_untiled_pixels: int = MAX_UNTILED_PIXELS
+    tta: str = "flips"
     rescale: bool = True
     nucleus_diameter: float = 19.0  # the training set's median, set by the stage that trains the network
     size_band_low: float = 0.75  # nuclei within [low, high] x nucleus_diameter are segmented as they are ...
     size_band_high: float = 1.3
     min_scale: float = 0.2  # ... others rescaled to nucleus_diameter, by a factor within these limits
     max_scale: float = 3.0
-    fg_threshold: float = 0.5
-    marker_threshold: float = 0.7
-    border_threshold: float = 0.3
-    min_marker_area: int = 4
-    min_object_area: int = 12
-    fill_holes: bool = True
+    fg_threshold: float = POSTPROCESSING["fg_threshold"]
+    marker_threshold: float = POSTPROCESSING["marker_threshold"]
+    border_threshold: float = POSTPROCESSING["border_threshold"]
+    min_marker_area: int = POSTPROCESSING["min_marker_area"]
+    min_object_area: int = POSTPROCESSING["min_object_area"]
+    fill_holes: bool = POSTPROCESSING["fill_holes"]
 
     def __post_init__(self) -> None:
         problems = []
@@ -73,8 +70,8 @@ class Recipe:
             problems.append(f"clahe_clip must be >= 0 (0: no CLAHE), got {self.clahe_clip}")
         if self.resize < 0:
             problems.append(f"resize must be 0 (native) or a side length, got {self.resize}")
-        if self.tile_size < INFERENCE_MULTIPLE or not 0 <= self.tile_overlap < self.tile_size:
-            problems.append(f"need tile_size >= {INFERENCE_MULTIPLE} and 0 <= tile_overlap < tile_size, got "
+        if self.tile_size < MULTIPLE or not 0 <= self.tile_overlap < self.tile_size:
+            problems.append(f"need tile_size >= {MULTIPLE} and 0 <= tile_overlap < tile_size, got "
                             f"{self.tile_size}, {self.tile_overlap}")
         if self.nucleus_diameter <= 0 or not 0 < self.size_band_low <= 1 <= self.size_band_high:
             problems.append(f"need nucleus_diameter > 0 and 0 < size_band_low <= 1 <= size_band_high, got "
@@ -140,7 +137,7 @@ def probability_maps(model, image: np.ndarray, recipe: Recipe, identity: np.ndar
         if identity is not None and (turns, mirror) == (0, False):
             maps = identity
         else:
-            maps = predict_maps(model, np.ascontiguousarray(_view(x, turns, mirror)), multiple=INFERENCE_MULTIPLE,
+            maps = predict_maps(model, np.ascontiguousarray(_view(x, turns, mirror)), multiple=MULTIPLE,
                                 tile_size=recipe.tile_size, overlap=recipe.tile_overlap,
                                 max_untiled_pixels=recipe.max_untiled_pixels)
             maps = _unview(maps, turns, mirror)

@@ -4,14 +4,19 @@ Every epoch writes `last.keras` and `state.json` into a work folder; a rerun aft
 Ctrl-C reloads them (optimizer state included) and continues at the next epoch with the same
 data stream, and with the callbacks where they were (best val_loss so far, epochs without
 improvement), so checkpointing, early stopping and the learning-rate schedule behave as in an
-uninterrupted run. A state written under other settings is refused, not resumed.
+uninterrupted run. A state saved on other data, split, params or code is not resumed: training
+starts afresh and says which changed (`core.resume`).
+
+The budget is work: `train.epochs` of `train.steps_per_epoch` batches. `train.max_minutes` > 0
+adds an opt-in clock cap; a run it stops is labelled (`fit` returns why), because another
+machine would have trained a different model.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,36 +30,32 @@ log = get_logger("nucseg.train")
 
 import keras  # noqa: E402 - after config has set the backend
 
+from nucseg.core import resume  # noqa: E402
 from nucseg.core.calibration import search_recipe  # noqa: E402
-from nucseg.core.data import CropDataset, load_samples, training_diameter, validation_crops_from_params  # noqa: E402
+from nucseg.core.data import CropDataset, training_diameter, validation_crops_from_params  # noqa: E402
 from nucseg.core.losses import PixelDice, PixelIoU, bce_dice_loss  # noqa: E402
 from nucseg.core.segment import Recipe  # noqa: E402
 from nucseg.core.unet import build_unet  # noqa: E402
 
 
 def choose_recipe(model: keras.Model, params: dict[str, Any], train: list[dict[str, Any]], val: list[dict[str, Any]],
-                  model_dir: Path) -> dict[str, float]:
+                  model_dir: Path) -> tuple[Recipe, dict[str, float]]:
     """Search the post-processing thresholds on the `val` images (with their labels;
-    `postprocess.search`) for the network at the nucleus size it learnt on `train`, store the recipe beside the model (`recipe.json`, every candidate in
-    `thresholds.csv`) and in the active MLflow run; returns val DSB with the params' thresholds
-    and with the chosen ones."""
-    import mlflow
-
+    `postprocess.search`) for the network at the nucleus size it learnt on `train`, and store the
+    recipe beside the model (`recipe.json`, every candidate in `thresholds.csv`); returns it with
+    val DSB under the params' thresholds and under the chosen ones."""
     grid = params["postprocess"].get("search") or {}
     trained_at = dataclasses.replace(Recipe.from_params(params), nucleus_diameter=training_diameter(train))
-    recipe, table = search_recipe(model, val, trained_at, grid, desc=f"{model_dir}: thresholds on val")
+    recipe, table = search_recipe(model, val, trained_at, grid, max_rounds=int(params["postprocess"]["search_rounds"]),
+                                  desc=f"{model_dir}: thresholds on val")
     io.atomic_write_text(model_dir / "recipe.json", recipe.to_json())
     io.write_csv(model_dir / "thresholds.csv", table.round(5))
     result = {"val_dsb_params_thresholds": float(table.loc[table["candidate"] == 0, "dsb"].iloc[0]),
               "val_dsb": float(table["dsb"].iloc[0])}
-    mlflow.log_metrics(result)
-    mlflow.set_tags({f"recipe.{key}": str(value) for key, value in recipe.to_dict().items()})
-    mlflow.log_artifact(str(model_dir / "recipe.json"))
-    mlflow.log_artifact(str(model_dir / "thresholds.csv"), "evaluation")
     log.info("%s: thresholds chosen on val: %s (val DSB %.4f, %.4f with the params' thresholds, %d candidates)",
              model_dir, {k: getattr(recipe, k) for k in grid},
              result["val_dsb"], result["val_dsb_params_thresholds"], len(table))
-    return result
+    return recipe, result
 
 
 def build_model(model_cfg: dict[str, Any], train_cfg: dict[str, Any]) -> keras.Model:
@@ -67,38 +68,31 @@ def build_model(model_cfg: dict[str, Any], train_cfg: dict[str, Any]) -> keras.M
 
 
 def compile_model(model: keras.Model, train_cfg: dict[str, Any]) -> None:
+    """`train.jit_compile`: "auto" is Keras's choice (XLA on accelerators, not on a CPU alone)."""
+    jit = train_cfg["jit_compile"]
     model.compile(optimizer=keras.optimizers.Adam(float(train_cfg["learning_rate"])),
                   loss=bce_dice_loss(float(train_cfg["bce_weight"]), float(train_cfg["dice_weight"]),
-                                     channel_weights=(1.0, float(train_cfg.get("border_loss_weight", 1.0)))),
-                  metrics=[PixelIoU(name="iou"), PixelDice(name="dice")])
+                                     channel_weights=(1.0, float(train_cfg["border_loss_weight"]))),
+                  metrics=[PixelIoU(name="iou"), PixelDice(name="dice")],
+                  jit_compile=jit if jit == "auto" else bool(jit))
 
 
-def split_samples(split_path: str | Path, samples_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """Training and validation samples, each with its `modality` from the split table (and its
-    instance `labels`, which the whole-image scoring of `val` needs)."""
-    split = pd.read_csv(split_path)
-    parts = []
-    for side in ("train", "val"):
-        rows = split[split["split"] == side]
-        samples = load_samples([Path(samples_dir) / f"{i}.npz" for i in rows["id"]],
-                               desc=f"train: loading {side} samples", with_labels=side == "val")
-        parts.append([{**sample, "modality": modality} for sample, modality in zip(samples, rows["modality"])])
-    return parts[0], parts[1]
+class ClockCap(keras.callbacks.Callback):
+    """The opt-in clock cap: stops training cleanly once `minutes` (> 0) of wall-clock time are
+    spent, after a whole epoch; `cut` then says so in words."""
 
-
-class TimeBudget(keras.callbacks.Callback):
-    """Stops training cleanly once `minutes` of wall-clock time are spent (after a whole epoch)."""
-
-    def __init__(self, minutes: float):
+    def __init__(self, minutes: float, planned_epochs: int):
         super().__init__()
+        self.minutes, self.planned_epochs = minutes, planned_epochs
         self.deadline = time.monotonic() + 60 * minutes
-        self.exhausted = False
+        self.cut = ""
 
     def on_epoch_end(self, epoch, logs=None):
-        if time.monotonic() > self.deadline:
-            self.exhausted = True
+        if epoch + 1 < self.planned_epochs and time.monotonic() > self.deadline:
+            self.cut = (f"the clock cap train.max_minutes={self.minutes:g} stopped training after epoch {epoch + 1} "
+                        f"of {self.planned_epochs}")
             self.model.stop_training = True
-            log.info("time budget spent after epoch %d; stopping", epoch + 1)
+            log.warning("%s: another machine would train a different model (set train.max_minutes: 0)", self.cut)
 
 
 # Callback attributes that carry progress from epoch to epoch (Keras resets them at train start).
@@ -106,29 +100,31 @@ CALLBACK_PROGRESS = {"checkpoint": ("best",), "early_stopping": ("best", "wait",
                      "reduce_lr": ("best", "wait", "cooldown_counter")}
 
 
-class ResumeRefused(RuntimeError):
-    """A saved training state belongs to other settings; the message says which and what to do."""
+# Train keys that change no epoch: a run resumes under other budgets.
+BUDGET_KEYS = ("epochs", "max_minutes")
 
 
-def settings_digest(params: dict[str, Any]) -> str:
-    """What the weights of a training run depend on, as a short digest: resuming is only sound
-    when it is unchanged (budgets may change: they do not change an epoch)."""
-    train = {k: v for k, v in params["train"].items() if k not in ("max_minutes", "epochs")}
-    relevant = {"model": params["model"], "train": train, "augment": params["augment"], "prepare": params["prepare"]}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def training_settings(params: dict[str, Any], data_md5: str, split_path: str | Path,
+                      stage_file: str | Path) -> dict[str, Any]:
+    """What the weights of a training run depend on (`core.resume.settings`)."""
+    train = {k: v for k, v in params["train"].items() if k not in BUDGET_KEYS}
+    sections = {"model": params["model"], "train": train, "augment": params["augment"], "prepare": params["prepare"]}
+    return resume.settings(sections, data_md5, split_path, ("train", "val"), resume.package_code(stage_file))
 
 
-def load_state(work_dir: Path, digest: str) -> dict[str, Any] | None:
-    """The state to resume from, None to start afresh; `ResumeRefused` for another digest."""
+def load_state(work_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The state to resume from; None to start afresh, after clearing a state saved under
+    other settings (and saying which changed)."""
     state_file = work_dir / "state.json"
     if not (state_file.exists() and (work_dir / "last.keras").exists()):
         return None
     state = json.loads(state_file.read_text())
-    if state.get("settings") != digest:
-        raise ResumeRefused(
-            f"{work_dir} holds a training interrupted after epoch {state['epoch'] + 1} under other settings "
-            f"(model/train/augment/prepare params differ). Restore the params it ran with to resume it, or "
-            f"delete {work_dir} to start over.")
+    changed = resume.changes(state.get("settings") or {}, settings)
+    if changed:
+        log.warning("%s holds a training interrupted after epoch %d on other %s; starting afresh", work_dir,
+                    state["epoch"] + 1, ", ".join(changed))
+        shutil.rmtree(work_dir)
+        return None
     return state
 
 
@@ -152,10 +148,12 @@ class EpochState(keras.callbacks.Callback):
     """`last.keras` + `state.json` after every epoch: what a rerun needs to resume. Listed after
     the `watched` callbacks, so its `on_train_begin` puts their progress back after Keras reset it."""
 
-    def __init__(self, work_dir: Path, run_id: str, digest: str, watched: dict[str, keras.callbacks.Callback],
-                 progress: dict[str, dict[str, float]] | None = None):
+    def __init__(self, work_dir: Path, run_id: str, settings: dict[str, Any],
+                 watched: dict[str, keras.callbacks.Callback], progress: dict[str, dict[str, float]] | None = None,
+                 cap: ClockCap | None = None):
         super().__init__()
-        self.work_dir, self.run_id, self.digest, self.watched, self.progress = work_dir, run_id, digest, watched, progress
+        self.work_dir, self.run_id, self.settings, self.watched, self.progress = work_dir, run_id, settings, watched, progress
+        self.cap = cap
         self.epoch: int | None = None  # the last epoch saved
 
     def on_train_begin(self, logs=None):
@@ -174,8 +172,9 @@ class EpochState(keras.callbacks.Callback):
             self._write(finished=True)
 
     def _write(self, finished: bool) -> None:
-        io.write_json(self.work_dir / "state.json", {"epoch": self.epoch, "run_id": self.run_id, "settings": self.digest,
-                                                     "finished": finished, "callbacks": callback_progress(self.watched)})
+        io.write_json(self.work_dir / "state.json", {"epoch": self.epoch, "run_id": self.run_id, "settings": self.settings,
+                                                     "finished": finished, "callbacks": callback_progress(self.watched),
+                                                     "budget_cut": self.cap.cut if self.cap else ""})
 
 
 def curves_figure(history: pd.DataFrame, path: Path) -> None:
@@ -197,11 +196,18 @@ def curves_figure(history: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def write_history(model_dir: Path, history: pd.DataFrame) -> None:
+    """The per-epoch history beside the model, as a table and as `training_curves.png`."""
+    io.write_csv(model_dir / "history.csv", history)
+    curves_figure(history, model_dir / "training_curves.png")
+
+
 def fit(model: keras.Model, train: list[dict], val: list[dict], params: dict[str, Any], work_dir: Path,
-        run_id: str, initial_epoch: int = 0, epochs: int | None = None, extra_callbacks=(),
-        state: dict[str, Any] | None = None) -> pd.DataFrame:
+        run_id: str, settings: dict[str, Any] | None = None, initial_epoch: int = 0, epochs: int | None = None,
+        extra_callbacks=(), state: dict[str, Any] | None = None) -> tuple[pd.DataFrame, str]:
     """Train with the pipeline's callbacks in `work_dir` (best.keras, history.csv, the resume
-    state); `state` is what `load_state` found. Returns the per-epoch history."""
+    state under `settings`); `state` is what `load_state` found. Returns the per-epoch history,
+    and why the clock cap stopped it early ("" when the epochs or early stopping did)."""
     cfg = params["train"]
     work_dir.mkdir(parents=True, exist_ok=True)
     dataset = CropDataset.from_params(train, params, steps_per_epoch=int(cfg["steps_per_epoch"]))
@@ -215,16 +221,19 @@ def fit(model: keras.Model, train: list[dict], val: list[dict], params: dict[str
         "checkpoint": keras.callbacks.ModelCheckpoint(work_dir / "best.keras", monitor="val_loss", save_best_only=True),
         "early_stopping": keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(cfg["early_stopping_patience"])),
         "reduce_lr": keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=float(cfg["reduce_lr_factor"]),
-                                                       patience=int(cfg["reduce_lr_patience"]), min_lr=1e-5),
+                                                       patience=int(cfg["reduce_lr_patience"]),
+                                                       min_lr=float(cfg["min_lr"])),
     }
+    epochs = int(epochs or cfg["epochs"])
+    cap = ClockCap(float(cfg["max_minutes"]), epochs) if float(cfg["max_minutes"]) > 0 else None
     callbacks = [
         *watched.values(),
         keras.callbacks.CSVLogger(history_csv, append=initial_epoch > 0),
-        TimeBudget(float(cfg["max_minutes"])),
+        *([cap] if cap else []),
         # The epoch is saved before anything talks to a tracking server, which may be down.
-        EpochState(work_dir, run_id, settings_digest(params), watched, (state or {}).get("callbacks")),
+        EpochState(work_dir, run_id, settings or {}, watched, (state or {}).get("callbacks"), cap),
         *extra_callbacks,
     ]
     model.fit(dataset, validation_data=(x_val, y_val), batch_size=int(cfg["batch_size"]),
-              epochs=int(epochs or cfg["epochs"]), initial_epoch=initial_epoch, callbacks=callbacks, verbose=2)
-    return pd.read_csv(history_csv)
+              epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=2)
+    return pd.read_csv(history_csv), cap.cut if cap else ""

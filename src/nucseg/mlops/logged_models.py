@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 import nucseg.config  # noqa: F401 - backend and log-level defaults must be set before keras loads
@@ -104,3 +106,22 @@ def serving_requirements(onnx: bool = False) -> list[str]:
         except PackageNotFoundError:
             continue
     return pins
+
+
+def log_recipe(model_dir: Path, recipe, chosen: dict[str, float]) -> None:
+    """The recipe `training.choose_recipe` stored beside the model, into the active run: val DSB
+    as metrics, each setting as a `recipe.` tag, the files as artifacts."""
+    import mlflow
+
+    mlflow.log_metrics(chosen)
+    mlflow.set_tags({f"recipe.{key}": str(value) for key, value in recipe.to_dict().items()})
+    mlflow.log_artifact(str(model_dir / "recipe.json"))
+    mlflow.log_artifact(str(model_dir / "thresholds.csv"), "evaluation")
+
+
+def log_training_curves(model_dir: Path) -> None:
+    """`training.write_history`'s table and figure into the active run's `plots`."""
+    import mlflow
+
+    mlflow.log_artifact(str(model_dir / "training_curves.png"), "plots")
+    mlflow.log_artifact(str(model_dir / "history.csv"), "plots")

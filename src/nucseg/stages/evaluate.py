@@ -15,11 +15,12 @@ import pandas as pd
 
 from nucseg import io
 from nucseg.config import get_logger
-from nucseg.core.evaluation import (evaluate_model, evaluate_shifted, load_split_samples, summarize, summarize_shifts,
-                                   threshold_curve)
+from nucseg.core.data import load_split
+from nucseg.core.evaluation import evaluate_model, evaluate_shifted, summarize, summarize_shifts, threshold_curve
 from nucseg.core.overlay import overlay_panel
 from nucseg.core.segment import Recipe
-from nucseg.mlops import datasets, tracking
+from nucseg.mlops import tracking
+from nucseg.mlops.runs import stage_run
 
 log = get_logger("nucseg.evaluate")
 
@@ -60,9 +61,12 @@ def run(params: dict[str, Any], model_dir: str | Path = "models/untuned", split_
     import mlflow
 
     model_dir = Path(model_dir)
+    tracking.setup()
+    run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
+    mlflow.MlflowClient().get_run(run_id)  # a store without the training run fails now, not after the work
     model = keras.saving.load_model(model_dir / "model.keras", compile=False)  # inference only
     recipe = Recipe.from_dict(json.loads((model_dir / "recipe.json").read_text()))  # its own thresholds
-    samples = {split: load_split_samples(split_path, samples_dir, split) for split in ("val", "test")}
+    samples = load_split(split_path, samples_dir, ("val", "test"), desc="evaluate: loading")
     results = {split: evaluate_model(model, part, recipe, desc=f"evaluate {split}") for split, part in samples.items()}
     summaries = {split: summarize(per_image) for split, (per_image, _) in results.items()}
     test, predictions = results["test"]
@@ -75,10 +79,7 @@ def run(params: dict[str, Any], model_dir: str | Path = "models/untuned", split_
     io.write_csv(per_modality_path, per_modality)
     io.write_csv(thresholds_path, threshold_curve(test))
     io.write_json(metrics_path, summaries)
-    tracking.setup()
-    run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
-    with mlflow.start_run(run_id=run_id):
-        datasets.log_split_inputs(split_path, ("test",), params)
+    with stage_run("evaluate", params, split_path, ("test",), run_id=run_id):
         log_to_run(summaries, test, samples["test"], predictions, params,
                    {"per_image": per_image_path, "per_modality": per_modality_path, "thresholds": thresholds_path,
                     "shifted": shifted_path})

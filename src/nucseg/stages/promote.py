@@ -20,10 +20,11 @@ from typing import Any, Mapping
 
 from nucseg import config, io
 from nucseg.config import get_logger
-from nucseg.core.evaluation import load_split_samples
+from nucseg.core.data import load_split
 from nucseg.core.runtime import calibration_crops
 from nucseg.core.segment import Recipe
-from nucseg.mlops import access, datasets, tracking
+from nucseg.mlops import access, tracking
+from nucseg.mlops.runs import stage_run
 from nucseg.mlops.promotion_report import promotion_markdown, promotion_table
 from nucseg.mlops.registry import (Candidate, best_val_loss, current_champion, decide, gate, gate_reference,
                                    group_scores, int8_check, measure_quality, move_aliases, package, promotion_lock,
@@ -56,11 +57,11 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
         recipes = {cand: read_recipe(Path(folder) / "recipe.json") for cand, folder in candidates.items()}
         prepared_with = Recipe.from_params(params)  # how the test samples were prepared
         calibration = int8_calibration(params, split_path, samples_dir)
-        val = load_split_samples(split_path, samples_dir, "val") if calibration else []
+        val = load_split(split_path, samples_dir, ("val",), desc="promote: loading")["val"] if calibration else []
         segmenters = {cand: package(client, run_id, uri, recipes[cand],
                                     int8_check(calibration, val, recipes[cand], cand) if calibration else None)
                       for cand, (run_id, uri) in sources.items()}
-        samples = load_split_samples(split_path, samples_dir, "test")
+        samples = load_split(split_path, samples_dir, ("test",), desc="promote: loading")["test"]
         shifts = tuple(params["evaluate"]["shifts"])
         scored = [Candidate(cand, run_id, segmenters[cand],
                             score_model(segmenters[cand], samples, prepared_with, cand, shifts),
@@ -104,7 +105,7 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
             result["aliases_refused"] = refused
         io.write_json(metrics_path, result)
         io.atomic_write_text(report_path, promotion_markdown(result))
-        log_promote_run(result, lineage, metrics_path, report_path, split_path, params)
+        log_promote_run(result, metrics_path, report_path, split_path, params)
         return result
 
 
@@ -114,7 +115,8 @@ def int8_calibration(params: dict[str, Any], split_path: str | Path, samples_dir
     count = int(params["promote"]["int8_calibration_crops"])
     if count <= 0:
         return []
-    images = [sample["image"] for sample in load_split_samples(split_path, samples_dir, "train")]
+    images = [sample["image"] for sample in load_split(split_path, samples_dir, ("train",), with_labels=False,
+                                                       desc="promote: loading")["train"]]
     return calibration_crops(images, int(params["promote"]["int8_crop_size"]), count)
 
 
@@ -147,15 +149,13 @@ def try_move_aliases(client, name: str, champion: int, challenger: int | None) -
     return None
 
 
-def log_promote_run(table: dict[str, Any], lineage: dict[str, str], metrics_path: str | Path,
-                    report_path: str | Path, split_path: str | Path, params: dict[str, Any]) -> None:
+def log_promote_run(table: dict[str, Any], metrics_path: str | Path, report_path: str | Path,
+                    split_path: str | Path, params: dict[str, Any]) -> None:
     """An MLflow run of its own, so the UI shows when and why the champion changed, and on which data."""
     import mlflow
 
-    with mlflow.start_run(run_name="promote"):
-        datasets.log_split_inputs(split_path, ("test",), params)
-        mlflow.set_tags({"stage": "promote", **lineage, "champion_version": table["champion_version"],
-                         "decision": table["reason"]})
+    with stage_run("promote", params, split_path, ("test",), run_name="promote",
+                   tags={"champion_version": table["champion_version"], "decision": table["reason"]}):
         mlflow.log_metrics({f"{name}_{key}": c[key] for name, c in table["candidates"].items()
                             for key in ("dsb", "pixel_iou", "pixel_dice")})
         mlflow.log_artifact(str(metrics_path), "promotion")

@@ -5,7 +5,8 @@ Every epoch writes `last.keras` and `state.json` into `checkpoints/untuned`, out
 output `models/untuned` (which DVC deletes before it reruns the stage); a rerun after a crash or
 Ctrl-C (`nucseg train` or `dvc repro`) reloads them (optimizer and callback progress included),
 continues at the next epoch with the same data stream, and keeps logging into the same MLflow
-run. A state saved under other params is refused with what to do (`training.load_state`).
+run. A state saved on other data, split, params or code is not resumed: training starts afresh
+and says which changed (`core.resume`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import pandas as pd
 
 from nucseg import io
 from nucseg.config import get_logger
-from nucseg.core.training import (build_model, choose_recipe, curves_figure, fit, load_state, settings_digest,
-                                  split_samples)
-from nucseg.mlops import datasets, tracking
-from nucseg.mlops.logged_models import MlflowLive, log_keras_model
+from nucseg.core.data import load_split
+from nucseg.core.training import build_model, choose_recipe, fit, load_state, training_settings, write_history
+from nucseg.mlops import tracking
+from nucseg.mlops.logged_models import MlflowLive, log_keras_model, log_recipe, log_training_curves
+from nucseg.mlops.runs import stage_run
 
 log = get_logger("nucseg.train")
 
@@ -39,9 +41,11 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
     cfg = params["train"]
     model_dir, work_dir = Path(model_dir), Path(work_dir)
     keras.utils.set_random_seed(int(cfg["seed"]))
-    state = load_state(work_dir, settings_digest(params))  # refuses before anything else happens
+    settings = training_settings(params, tracking.data_md5(), split_path, __file__)
+    state = load_state(work_dir, settings)
     tracking.setup()
-    train, val = split_samples(split_path, samples_dir)
+    loaded = load_split(split_path, samples_dir, ("train", "val"), desc="train: loading")
+    train, val = loaded["train"], loaded["val"]
     if state:
         model = keras.saving.load_model(work_dir / "last.keras")
         initial_epoch = state["epoch"] + 1
@@ -49,31 +53,29 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
     else:
         model, initial_epoch = build_model(params["model"], cfg), 0
     started = time.monotonic()
-    with mlflow.start_run(run_id=state["run_id"] if state else None, run_name=None if state else "untuned") as active:
-        if not state:
-            mlflow.set_tags({"stage": "train", "model_kind": "untuned", **tracking.lineage_tags()})
-            mlflow.log_params(tracking.flatten({k: params[k] for k in ("model", "train", "augment", "prepare")}))
-            datasets.log_split_inputs(split_path, ("train", "val"), params)
+    with stage_run("train", params, split_path, () if state else ("train", "val"), run_name="untuned",
+                   sections=("model", "train", "augment", "prepare"), tags={"model_kind": "untuned"},
+                   run_id=state["run_id"] if state else None) as active:
         live = MlflowLive()
         if state and state.get("finished"):  # the crash came after the last epoch
-            history = pd.read_csv(work_dir / "history.csv")
+            history, cut = pd.read_csv(work_dir / "history.csv"), state.get("budget_cut", "")
         else:
-            history = fit(model, train, val, params, work_dir, active.info.run_id, initial_epoch=initial_epoch,
-                          extra_callbacks=[live], state=state)
+            history, cut = fit(model, train, val, params, work_dir, active.info.run_id, settings,
+                               initial_epoch=initial_epoch, extra_callbacks=[live], state=state)
         live.backfill(active.info.run_id, history)  # epochs whose metrics the server missed
+        if cut:
+            mlflow.set_tag("budget_cut", cut)
         if (work_dir / "best.keras").exists():
             model = keras.saving.load_model(work_dir / "best.keras")
         model_dir.mkdir(parents=True, exist_ok=True)
         model.save(model_dir / "model.keras")
-        chosen = choose_recipe(model, params, train, val, model_dir)
-        io.write_csv(model_dir / "history.csv", history)
-        figure = model_dir / "training_curves.png"
-        curves_figure(history, figure)
-        mlflow.log_artifact(str(figure), "plots")
-        mlflow.log_artifact(str(model_dir / "history.csv"), "plots")
+        recipe, chosen = choose_recipe(model, params, train, val, model_dir)
+        log_recipe(model_dir, recipe, chosen)
+        write_history(model_dir, history)
+        log_training_curves(model_dir)
         model_uri = log_keras_model(model)
         best = history.loc[history["val_loss"].idxmin()]
-        metrics = {"epochs": int(len(history)), "best_epoch": int(best["epoch"]) + 1,
+        metrics = {"epochs": int(len(history)), "best_epoch": int(best["epoch"]) + 1, "budget_cut": cut,
                    "val_loss": round(float(best["val_loss"]), 5), "val_iou": round(float(best["val_iou"]), 5),
                    "val_dice": round(float(best["val_dice"]), 5),
                    **{key: round(value, 4) for key, value in chosen.items()},

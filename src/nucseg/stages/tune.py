@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -68,13 +67,13 @@ import keras  # noqa: E402 - after config has set the backend
 import keras_tuner as kt  # noqa: E402
 from keras_tuner.engine.trial import Trial, TrialStatus  # noqa: E402
 
-from nucseg.core import training  # noqa: E402
-from nucseg.core.data import CropDataset, validation_crops_from_params  # noqa: E402
+from nucseg.core import resume, training  # noqa: E402
+from nucseg.core.data import CropDataset, load_split, validation_crops_from_params  # noqa: E402
 from nucseg.core.evaluation import evaluate_model  # noqa: E402
 from nucseg.core.segment import Recipe  # noqa: E402
 from nucseg.mlops import datasets, tracking  # noqa: E402
 from nucseg.mlops.distributed_search import Heartbeat, LivenessOracleMixin, fail_trial_run, watch_workers  # noqa: E402
-from nucseg.mlops.logged_models import MlflowLive, log_keras_model  # noqa: E402
+from nucseg.mlops.logged_models import MlflowLive, log_keras_model, log_recipe, log_training_curves  # noqa: E402
 
 # Tunable name -> the params section whose value it replaces.
 SECTIONS = {"base_filters": "model", "depth": "model", "dropout": "model",
@@ -336,34 +335,14 @@ def trials_table(tuner: kt.Tuner, params: dict[str, Any]) -> pd.DataFrame:
 # ---- resuming ----
 
 def search_settings(params: dict[str, Any], split_path: str | Path) -> dict[str, Any]:
-    """Everything a trial's score depends on, in JSON form; a saved search resumes only under
-    equal settings: the params trials share, the data version, the train/val rows of the split,
-    and the code this process runs."""
+    """Everything a trial's score depends on (`core.resume.settings`): the params trials share,
+    the data version, the train/val rows of the split, and the code this process runs."""
     space = params["tune"]["space"]
-    split = pd.read_csv(split_path)
-    settings = {"tune": {k: v for k, v in params["tune"].items() if k not in RESUMABLE_TUNE_KEYS},
+    sections = {"tune": {k: v for k, v in params["tune"].items() if k not in RESUMABLE_TUNE_KEYS},
                 "model": {k: v for k, v in params["model"].items() if k not in space},
                 "train": {k: params["train"][k] for k in TRIAL_TRAIN_KEYS},
-                "augment": params["augment"],
-                "data_md5": tracking.data_md5(),
-                "split": hashlib.sha256(split[split["split"].isin(["train", "val"])].to_csv(index=False).encode())
-                .hexdigest(),
-                "code": code_digest(trial_code())}
-    return json.loads(json.dumps(settings))
-
-
-def trial_code() -> list[Path]:
-    """The source files a trial's result depends on: the array code and this stage."""
-    package = Path(__file__).resolve().parents[1]
-    return sorted(package.glob("core/*.py")) + [package / "config.py", Path(__file__).resolve()]
-
-
-def code_digest(files: list[Path]) -> str:
-    """sha256 over the names and contents of `files`: changes when any of them does."""
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
+                "augment": params["augment"]}
+    return resume.settings(sections, tracking.data_md5(), split_path, ("train", "val"), resume.package_code(__file__))
 
 
 def saved_search(tuner_dir: Path, settings: dict[str, Any]) -> tuple[bool, str | None]:
@@ -377,8 +356,8 @@ def saved_search(tuner_dir: Path, settings: dict[str, Any]) -> tuple[bool, str |
     if not state_file.exists():
         return False, None
     saved = json.loads(state_file.read_text())
-    if saved["settings"] != settings:
-        changed = sorted(key for key in {*saved["settings"], *settings} if saved["settings"].get(key) != settings.get(key))
+    changed = resume.changes(saved["settings"], settings)
+    if changed:
         log.warning("tune: search settings changed since %s was written (%s); starting a new search", state_file,
                     ", ".join(changed))
         return False, None
@@ -422,13 +401,12 @@ def retrain(tuned: dict[str, Any], samples: tuple[list, list], model_dir: Path, 
     model = training.build_model(tuned["model"], tuned["train"])
     work_dir = model_dir / ".training"
     live = MlflowLive()
-    history = training.fit(model, *samples, tuned, work_dir, run_id, extra_callbacks=[live])
+    history, cut = training.fit(model, *samples, tuned, work_dir, run_id, extra_callbacks=[live])
     live.backfill(run_id, history)
-    io.write_csv(model_dir / "history.csv", history)
-    figure = model_dir / "training_curves.png"
-    training.curves_figure(history, figure)
-    mlflow.log_artifact(str(figure), "plots")
-    mlflow.log_artifact(str(model_dir / "history.csv"), "plots")
+    if cut:
+        mlflow.set_tag("budget_cut", cut)
+    training.write_history(model_dir, history)
+    log_training_curves(model_dir)
     best = keras.saving.load_model(work_dir / "best.keras")
     shutil.rmtree(work_dir)
     return best
@@ -469,7 +447,8 @@ def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tupl
             model = load_trial_model(tuner, best)
             mlflow.log_metrics({name: metrics[name] for name in VAL_METRICS[1:]})  # as a trained run has them
         model.save(model_dir / "model.keras")
-        chosen = training.choose_recipe(model, tuned, samples[0], val_images, model_dir)
+        recipe, chosen = training.choose_recipe(model, tuned, samples[0], val_images, model_dir)
+        log_recipe(model_dir, recipe, chosen)
         model_uri = log_keras_model(model)
         io.write_json(model_dir / "run.json",
                       {"run_id": active.info.run_id, "model_uri": model_uri, "hyperparameters": values})
@@ -479,10 +458,6 @@ def log_tuned_model(tuner: kt.Tuner, best, params: dict[str, Any], samples: tupl
 ROLES = ("chief", "worker")
 ORACLE_TAG, PORT_TAG = "tune.oracle", "tune.oracle_port"
 SETTINGS_TAG = "tune.settings_digest"
-
-
-def settings_digest(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def join_search(role: str, oracle: str) -> str:
@@ -533,12 +508,13 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
     started = time.monotonic()
     tuner_dir, model_dir = Path(tuner_dir), Path(model_dir)
     tracking.setup()
-    samples = training.split_samples(split_path, samples_dir)
+    loaded = load_split(split_path, samples_dir, ("train", "val"), desc="tune: loading")
+    samples = loaded["train"], loaded["val"]
     val_images = samples[1]
     settings = search_settings(params, split_path)
     tuner_id = join_search(role, oracle) if role else None
     if role == "worker":
-        return run_worker(params, tuner_dir, samples, val_images, find_parent_run(oracle, settings_digest(settings)),
+        return run_worker(params, tuner_dir, samples, val_images, find_parent_run(oracle, resume.digest(settings)),
                           tuner_id)
     resume, parent_id = saved_search(tuner_dir, settings)
     cap = float(params["tune"]["max_minutes"])
@@ -554,7 +530,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
             io.write_json(tuner_dir / STATE_FILE, {"run_id": parent.info.run_id, "settings": settings})
         if role == "chief":
             mlflow.set_tags({ORACLE_TAG: oracle, PORT_TAG: oracle.rpartition(":")[2],
-                             SETTINGS_TAG: settings_digest(settings)})
+                             SETTINGS_TAG: resume.digest(settings)})
             log.info("tune: chief serving the oracle on %s; start workers with `nucseg tune --role worker "
                      "--oracle <this host>:%s`", oracle, oracle.rpartition(":")[2])
         tuner.parent_run_id = parent.info.run_id

@@ -11,7 +11,6 @@ version with them.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import tempfile
 from pathlib import Path
@@ -21,7 +20,8 @@ import pandas as pd
 
 from nucseg import io
 from nucseg.config import get_logger
-from nucseg.mlops import datasets, tracking
+from nucseg.mlops import tracking
+from nucseg.mlops.runs import stage_run
 
 log = get_logger("nucseg.unseen")
 
@@ -46,11 +46,8 @@ def fold_scores(params: dict[str, Any], samples: list[dict[str, Any]], held_out:
     when the data leaves nothing to train, choose thresholds on or score."""
     import keras
 
-    from nucseg.core.calibration import search_recipe
-    from nucseg.core.data import training_diameter
     from nucseg.core.evaluation import evaluate_model
-    from nucseg.core.segment import Recipe
-    from nucseg.core.training import build_model, fit
+    from nucseg.core.training import build_model, choose_recipe, fit
 
     train = [s for s in samples if s["split"] == "train" and s["type"] not in held_out]
     val = [s for s in samples if s["split"] == "val" and s["type"] not in held_out]
@@ -62,11 +59,9 @@ def fold_scores(params: dict[str, Any], samples: list[dict[str, Any]], held_out:
     log.info("unseen: fold without %s: training on %d images, scoring %d unseen ones", held_out, len(train), len(unseen))
     keras.utils.set_random_seed(int(params["train"]["seed"]))
     model = build_model(params["model"], params["train"])
-    fit(model, train, val, params, work_dir, run_id="", epochs=int(params["unseen"]["epochs"]))
+    fit(model, train, val, params, work_dir, run_id="", epochs=int(params["unseen"]["epochs"]))  # its own budget
     model = keras.saving.load_model(work_dir / "best.keras")
-    trained_at = dataclasses.replace(Recipe.from_params(params), nucleus_diameter=training_diameter(train))
-    recipe, _ = search_recipe(model, val, trained_at, params["postprocess"].get("search") or {},
-                              desc=f"unseen: thresholds without {held_out}")
+    recipe, _ = choose_recipe(model, params, train, val, work_dir)
     per_image, _ = evaluate_model(model, unseen, recipe, desc=f"unseen: {', '.join(held_out)}")
     types = {s["id"]: s["type"] for s in unseen}
     return per_image.assign(type=per_image["id"].map(types), fold=" + ".join(held_out))
@@ -83,7 +78,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
         per_image_path: str | Path = "reports/unseen_per_image.csv") -> dict[str, Any]:
     import mlflow
 
-    from nucseg.core.data import load_samples
+    from nucseg.core.data import load_split
 
     split = pd.read_csv(split_path).assign(type=lambda t: image_types(t))
     present = set(split["type"])
@@ -91,10 +86,10 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
     for named, found in zip(params["unseen"]["folds"], folds):
         if len(found) < len(named):
             log.warning("unseen: fold %s: the data has only %s of it (types: %s)", named, found, sorted(present))
-    loaded = load_samples([Path(samples_dir) / f"{i}.npz" for i in split["id"]], desc="unseen: loading samples",
-                          with_labels=True)
-    samples = [{**s, "split": row.split, "modality": row.modality, "type": row.type}
-               for s, row in zip(loaded, split.itertuples())]
+    sides = tuple(split["split"].unique())
+    loaded = load_split(split_path, samples_dir, sides, desc="unseen: loading")
+    types = dict(zip(split["id"], split["type"]))
+    samples = [{**sample, "type": types[sample["id"]]} for side in sides for sample in loaded[side]]
     with tempfile.TemporaryDirectory(prefix="nucseg-unseen-") as tmp:
         scored = [fold_scores(params, samples, fold, Path(tmp) / str(k)) for k, fold in enumerate(folds) if fold]
     scored = [frame for frame in scored if frame is not None]
@@ -106,11 +101,9 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
     io.write_csv(per_image_path, per_image.round(5))
     io.write_json(metrics_path, summary)
     tracking.setup()
-    with mlflow.start_run(run_name="unseen types"):
-        mlflow.set_tags({"stage": "unseen", **tracking.lineage_tags()})
-        mlflow.log_params({"unseen.epochs": params["unseen"]["epochs"],
-                           "unseen.folds": "; ".join(" + ".join(f) for f in folds)})
-        datasets.log_split_inputs(split_path, ("train", "val"), params)
+    with stage_run("unseen", params, split_path, ("train", "val"), run_name="unseen types",
+                   logged={"unseen.epochs": params["unseen"]["epochs"],
+                           "unseen.folds": "; ".join(" + ".join(f) for f in folds)}):
         mlflow.log_metrics({"unseen_dsb_mean": summary["mean_dsb"],
                             **{metric_name(t): v["dsb"] for t, v in summary["per_type"].items()}})
         mlflow.log_artifact(str(metrics_path), "unseen")
