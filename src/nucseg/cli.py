@@ -145,12 +145,14 @@ def tune(
     all with the same MLFLOW_TRACKING_URI and params."""
     from functools import partial
 
+    from nucseg.mlops.distributed_search import ROLES
+    from nucseg.mlops.keras_tuner_compat import IncompatibleKerasTuner
     from nucseg.stages import tune as stage
 
-    if role is not None and role not in stage.ROLES:
-        _fail(f"--role must be one of {', '.join(stage.ROLES)}, got {role!r}")
+    if role is not None and role not in ROLES:
+        _fail(f"--role must be one of {', '.join(ROLES)}, got {role!r}")
     _run_stage("tuned" if role != "worker" else "worker", partial(stage.run, role=role, oracle=oracle), params,
-               ValueError, TimeoutError)
+               ValueError, TimeoutError, IncompatibleKerasTuner)
 
 
 @app.command()

@@ -11,7 +11,7 @@ import keras_tuner as kt
 from keras_tuner.engine.trial import TrialStatus
 
 from nucseg.mlops.distributed_search import Heartbeat, LivenessOracleMixin, watch_workers
-from nucseg.stages.tune import BudgetedOracleMixin
+from nucseg.mlops.tuners import BudgetedOracleMixin
 
 
 class Oracle(LivenessOracleMixin, kt.oracles.RandomSearchOracle):

@@ -121,7 +121,7 @@ def test_trials_whose_logging_fails_do_not_end_the_search(tmp_path, monkeypatch,
     from conftest import tiny_tune_params, write_synthetic_prepared
     from nucseg.core.data import load_split
     from nucseg.mlops import tracking
-    from nucseg.stages import tune
+    from nucseg.mlops import tuners
 
     server = ServerOutage(tmp_path)
     server.start()
@@ -132,14 +132,14 @@ def test_trials_whose_logging_fails_do_not_end_the_search(tmp_path, monkeypatch,
     params = tiny_tune_params(algorithm="bayesian", max_trials=2, max_epochs=1)
     samples = load_split(prepared / "split.csv", prepared / "prepared", ("train", "val"))
     val = samples["val"]
-    tuner = tune.make_tuner(params, tmp_path / "tuner", overwrite=True, deadline=float("inf"), val_samples=val)
+    tuner = tuners.make_tuner(params, tmp_path / "tuner", overwrite=True, deadline=float("inf"), val_samples=val)
     try:
         with mlflow.start_run() as parent:
             tuner.parent_run_id = parent.info.run_id
             server.stop()  # gone before the first trial
             with caplog.at_level("WARNING"):
-                tune.run_search(tuner, params, samples["train"], val)
-            assert len(tune.completed_trials(tuner)) == 2  # both trials trained and scored
+                tuners.run_search(tuner, params, samples["train"], val)
+            assert len(tuners.completed_trials(tuner)) == 2  # both trials trained and scored
             assert f"MLflow tracking store {server.url} did not answer" in caplog.text
             server.start()
     finally:

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import ROOT, tiny_tune_params, write_synthetic_prepared
 from nucseg import config
+from nucseg.mlops import tuners
 from nucseg.stages import tune
 
 
@@ -35,7 +36,7 @@ def run_tune(root) -> dict:
 def parent_run(root) -> str:
     import json
 
-    return json.loads((root / "models" / "tuner" / tune.STATE_FILE).read_text())["run_id"]
+    return json.loads((root / "models" / "tuner" / tuners.STATE_FILE).read_text())["run_id"]
 
 
 @pytest.mark.slow  # three real searches

@@ -17,6 +17,8 @@ from skimage.segmentation import find_boundaries
 
 from nucseg import config
 from nucseg.mlops.logged_models import MlflowLive
+from nucseg.core.search_space import OBJECTIVE
+from nucseg.mlops import tuners
 from nucseg.stages import tune
 
 pytestmark = pytest.mark.slow  # every test here runs a real Keras Tuner search
@@ -103,7 +105,7 @@ def search(tmp_path_factory):
             crash.setattr(MlflowLive, "on_epoch_end", interrupt_second_trial)
             with pytest.raises(KeyboardInterrupt):
                 run_tune(params, root)
-        state = json.loads((root / "models" / "tuner" / tune.STATE_FILE).read_text())
+        state = json.loads((root / "models" / "tuner" / tuners.STATE_FILE).read_text())
         metrics = run_tune(params, root)
         yield types.SimpleNamespace(root=root, uri=uri, params=params, parent_id=state["run_id"], metrics=metrics)
 
@@ -168,7 +170,7 @@ def test_the_objective_is_the_dsb_of_whole_val_images_after_post_processing(sear
     from nucseg.core.evaluation import evaluate_model
     from nucseg.core.segment import Recipe
 
-    assert tune.OBJECTIVE == ("val_dsb", "max")
+    assert OBJECTIVE == ("val_dsb", "max")
     val = load_split(search.root / "split.csv", search.root / "prepared", ("val",))["val"]
     model = keras.saving.load_model(search.root / "models" / "tuned" / "model.keras", compile=False)
     trial_recipe = dataclasses.replace(Recipe.from_params(search.params), tta="none", rescale=False)

@@ -7,18 +7,22 @@ every few seconds, the network's and the val scoring's time included), the chief
 when it last heard from each worker (`LivenessOracleMixin`), and a watchdog thread on the chief
 drops a worker silent for longer than the timeout: its trial ends FAILED (in the oracle, so the
 trials table says so, and in its MLflow run) and the chief waits for it no more.
+
+Roles: the chief (`nucseg tune --role chief --oracle host:port`) holds the oracle, serves it over
+gRPC and opens the parent run, tagged with its port and search settings; workers find that run
+by its port tag and refuse a chief whose settings differ from their params.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from typing import Callable
 
-import keras_tuner as kt
-from keras_tuner.engine.trial import Trial, TrialStatus
-
 from nucseg.config import get_logger
+from nucseg.mlops.keras_tuner_compat import Trial, TrialStatus, grpc_protos, synchronized
 
 log = get_logger("nucseg.tune")
 
@@ -41,7 +45,7 @@ class LivenessOracleMixin:
             if trial.trial_id == trial_id:
                 self._heard_from(tuner_id)
 
-    @kt.synchronized
+    @synchronized
     def create_trial(self, tuner_id):
         self._heard_from(tuner_id)
         trial = super().create_trial(tuner_id)
@@ -49,17 +53,17 @@ class LivenessOracleMixin:
             self.told_to_stop = True
         return trial
 
-    @kt.synchronized
+    @synchronized
     def update_trial(self, trial_id, metrics, step=0):
         self._heard_about(trial_id)
         return super().update_trial(trial_id, metrics, step=step)
 
-    @kt.synchronized
+    @synchronized
     def get_trial(self, trial_id):
         self._heard_about(trial_id)
         return super().get_trial(trial_id)
 
-    @kt.synchronized
+    @synchronized
     def end_trial(self, trial):
         if trial.trial_id in self.dropped_trials:
             log.warning("tune: trial %s came back after its worker was dropped; it stays failed", trial.trial_id)
@@ -67,7 +71,7 @@ class LivenessOracleMixin:
         self._heard_about(trial.trial_id)
         super().end_trial(trial)
 
-    @kt.synchronized
+    @synchronized
     def drop_silent_workers(self, timeout: float, now: float | None = None) -> list[tuple[str, Trial | None]]:
         """Forget workers not heard from for over `timeout` seconds, ending their trials FAILED;
         returns (worker, its trial or None) for each."""
@@ -89,11 +93,11 @@ class LivenessOracleMixin:
             dropped.append((tuner_id, trial))
         return dropped
 
-    @kt.synchronized
+    @synchronized
     def abandoned(self) -> bool:
         """No worker left and none told that the search is over, none running a trial, the budget
         spent and a trial completed: a request for a trial is then answered "stopped" (see
-        `stages.tune.BudgetedOracleMixin`)."""
+        `tuners.BudgetedOracleMixin`)."""
         finished = any(trial.status == TrialStatus.COMPLETED for trial in self.trials.values())
         return (bool(self.last_seen) and not self.told_to_stop and not self.tuner_ids and not self.ongoing_trials
                 and finished
@@ -106,8 +110,8 @@ WATCHDOG = "chief-watchdog"
 def ask_for_a_trial(oracle_address: str) -> None:
     """A CreateTrial request to the chief's oracle, as a worker sends it."""
     import grpc
-    from keras_tuner.src import protos
 
+    protos = grpc_protos()
     with grpc.insecure_channel(oracle_address.replace("0.0.0.0", "127.0.0.1")) as channel:
         protos.get_service_grpc().OracleStub(channel).CreateTrial(
             protos.get_service().CreateTrialRequest(tuner_id=WATCHDOG), wait_for_ready=True, timeout=60)
@@ -179,3 +183,44 @@ def fail_trial_run(parent_run_id: str, tuner_id: str, trial: Trial | None) -> No
     except Exception as err:  # noqa: BLE001 - the search goes on; the trials table says it failed
         log.warning("tune: could not mark trial %s's MLflow run failed (%s: %s)", trial.trial_id,
                     type(err).__name__, err)
+
+
+ROLES = ("chief", "worker")
+ORACLE_TAG, PORT_TAG = "tune.oracle", "tune.oracle_port"
+SETTINGS_TAG = "tune.settings_digest"
+
+
+def join_search(role: str, oracle: str) -> str:
+    """Point Keras Tuner at the chief's oracle (its environment variables); returns this
+    tuner's id. The chief binds `oracle`'s host (0.0.0.0: every interface), workers connect to it."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    host, _, port = oracle.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"oracle must be host:port, got {oracle!r}")
+    tuner_id = "chief" if role == "chief" else f"worker-{socket.gethostname()}-{os.getpid()}"
+    os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=host, KERASTUNER_ORACLE_PORT=port)
+    return tuner_id
+
+
+def find_parent_run(oracle: str, digest: str, timeout: float = 300) -> str:
+    """The running parent run of the chief serving on `oracle`'s port (the chief may have bound
+    0.0.0.0 where workers name its host); waits for the chief to open it. Refuses a chief whose
+    search settings differ from this worker's params."""
+    import mlflow
+
+    port = oracle.rpartition(":")[2]
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = mlflow.search_runs(filter_string=f"tags.`{PORT_TAG}` = '{port}' and attributes.status = 'RUNNING'",
+                                  order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+        if runs:
+            if runs[0].data.tags.get(SETTINGS_TAG) != digest:
+                raise ValueError(f"the chief at {oracle} searches with other settings than this worker's params "
+                                 f"(digest {runs[0].data.tags.get(SETTINGS_TAG)} vs {digest}): use the same params.yaml")
+            return runs[0].info.run_id
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no running tune chief for oracle {oracle} in {mlflow.get_tracking_uri()} after "
+                               f"{timeout:.0f} s: start `nucseg tune --role chief --oracle {oracle}` first, with the "
+                               "same MLFLOW_TRACKING_URI")
+        time.sleep(2)
