@@ -19,6 +19,7 @@ from nucseg import io
 from nucseg.config import load_params
 from nucseg.core.segment import prepared_image, probability_maps
 from nucseg.mlops.segmenter_model import load_segmenter
+from nucseg.mlops import model_uris
 from nucseg.stages import score
 
 
@@ -33,7 +34,7 @@ def main() -> None:
     images = io.find_images(args.input)
     pixels = [io.read_image(path) for _, path in images]
     megapixels = sum(image.shape[0] * image.shape[1] for image in pixels) / 1e6
-    network, recipe, source = score.load_model(args.model_uri)
+    network, recipe, source = model_uris.load_model(args.model_uri)
     print(f"{len(images)} images, {megapixels:.2f} megapixels, model {source.get('name')} v{source.get('version')}, "
           f"tta={recipe.tta}, runtime {type(network).__name__}")
 

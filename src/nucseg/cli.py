@@ -172,6 +172,14 @@ QUALITY = typer.Option("default", "--quality", help="fast (one view of each imag
                        "tags give each level's measured DSB and speed")
 
 
+@app.command("check-store")
+def check_store(params: Path = PARAMS) -> None:
+    """Check that the MLflow store holds the runs, models and versions the pipeline's outputs name."""
+    from nucseg.stages import store_check as stage
+
+    _run_stage("MLflow store", stage.run, params, stage.StoreIncomplete)
+
+
 @app.command()
 def score(
     input_dir: Path = typer.Option(..., "--input", help="DSB-layout folder (<id>/images/<id>.png) or flat folder of images"),
@@ -195,7 +203,7 @@ def score(
     loaded = _scoring_params(params)
     if model_uri and promotion:
         _fail("give --model-uri or --promotion, not both")
-    with _one_line_errors(tracking.TrackingUnavailable, stage.ModelUnavailable, OSError, ValueError):
+    with _one_line_errors(tracking.TrackingUnavailable, model_uris.ModelUnavailable, OSError, ValueError):
         uri = model_uris.promoted_model_uri(promotion) if promotion else \
             model_uri or loaded.get("score", {}).get("model_uri", model_uris.CHAMPION_URI)
         result = stage.run(uri, input_dir, output_dir, loaded, geojson=geojson, engine=engine, master=master,
@@ -223,7 +231,7 @@ def predict(
     from nucseg.stages import score as stage
 
     loaded = _scoring_params(params)
-    with _one_line_errors(io.ImageError, tracking.TrackingUnavailable, stage.ModelUnavailable, OSError,
+    with _one_line_errors(io.ImageError, tracking.TrackingUnavailable, model_uris.ModelUnavailable, OSError,
                           ValueError):
         count = stage.predict_one(model_uri or loaded.get("score", {}).get("model_uri", model_uris.CHAMPION_URI), image,
                                   output_dir, diameter, quality)

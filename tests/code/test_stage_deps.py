@@ -51,7 +51,7 @@ def command_roots(subcommand: str) -> set[str]:
     """What the CLI function behind `nucseg <subcommand>` imports."""
     cli = ast.parse((PACKAGE / "cli.py").read_text())
     for node in cli.body:
-        if isinstance(node, ast.FunctionDef) and node.name == subcommand:
+        if isinstance(node, ast.FunctionDef) and node.name == subcommand.replace("-", "_"):
             return nucseg_imports(node)
     raise AssertionError(f"`nucseg {subcommand}` has no function in cli.py")
 

@@ -36,3 +36,49 @@ def test_evaluate_against_a_store_without_the_training_run_says_how_to_rebuild(t
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert missing in result.output and f"sqlite:///{tmp_path}/fresh.db" in result.output
     assert "dvc repro -f train tune" in result.output and "Traceback" not in result.output
+
+
+def write_records(root, run_id, model_uri, version):
+    for folder in ("untuned", "tuned"):
+        (root / "models" / folder).mkdir(parents=True, exist_ok=True)
+        io.write_json(root / "models" / folder / "run.json", {"run_id": run_id, "model_uri": model_uri})
+    io.write_json(root / "reports" / "promotion.json", {"candidates": {"untuned": {"version": version},
+                                                                       "tuned": {"version": version}}})
+
+
+def test_the_store_check_finds_what_the_outputs_name_and_names_what_is_gone(tmp_path, monkeypatch):
+    import mlflow
+
+    from nucseg.mlops import store_check, tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    tracking.setup()
+    with mlflow.start_run() as run:
+        logged = mlflow.pyfunc.log_model(name="model", python_model=lambda frame: frame, input_example=[[1.0]])
+    version = mlflow.register_model(logged.model_uri, "nucseg-unet").version
+    write_records(tmp_path, run.info.run_id, f"models:/{logged.model_id}", version)
+    records = store_check.recorded(tmp_path, "nucseg-unet")
+    assert [kind for _, _, kind, _ in records] == ["run", "logged model", "run", "logged model",
+                                                   "registered version", "registered version"]
+    client = mlflow.MlflowClient()
+    assert store_check.missing(client, records) == []
+
+    result = CliRunner().invoke(app, ["check-store", "--params", str(ROOT / "params.yaml")])
+    assert result.exit_code == 0 and "MLflow store: {'store'" in result.output and "'checked': 6" in result.output
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/other.db")  # another store: nothing in it
+    tracking.setup()
+    absent = store_check.missing(mlflow.MlflowClient(), records)
+    assert absent == records
+    message = store_check.rebuild_message("sqlite:///other.db", absent)
+    assert message.startswith(f"the MLflow store sqlite:///other.db lacks what the pipeline logged there: run "
+                              f"{run.info.run_id} (models/untuned/run.json, stage train);")
+    assert f"registered version nucseg-unet v{version} (reports/promotion.json, stage promote)" in message
+    assert message.endswith("`dvc repro -f train tune`, then `dvc repro`.")
+    assert store_check.rebuild_message("s", absent[-1:]).endswith("`dvc repro -f promote`, then `dvc repro`.")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/deleted.db")  # a store that is not there
+    result = CliRunner().invoke(app, ["check-store", "--params", str(ROOT / "params.yaml")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"sqlite:///{tmp_path}/deleted.db lacks what the pipeline logged there" in result.output

@@ -16,6 +16,7 @@ from skimage.draw import disk
 
 from conftest import BIN
 from nucseg import config, io
+from nucseg.core import image_outputs
 from nucseg.stages import score
 
 CHAMPION = "models:/nucseg-unet@champion"
@@ -123,7 +124,7 @@ def test_disk_full_during_score_leaves_no_stale_table_and_no_half_file(store, tm
                          preexec_fn=limit_file_size(60_000))
     assert run.returncode == 1, run.stderr[-3000:]
     assert "/b.png" in run.stderr and "cannot write" in run.stderr and "Traceback" not in run.stderr
-    assert not any((out / table).exists() for table in score.TABLES)  # no table describing other labels
+    assert not any((out / table).exists() for table in image_outputs.TABLES)  # no table describing other labels
     assert not (out / "overlays" / "b.png").exists()
     assert not list(out.rglob("*.tmp"))
     for png in out.rglob("*.png"):

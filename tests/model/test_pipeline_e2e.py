@@ -78,7 +78,26 @@ def test_pipeline_ends_with_champion_and_submission(pipeline):
     for metric in ("data_summary", "split_summary", "eval_metrics", "promotion", "tune_metrics", "train_metrics",
                    "unseen_types"):
         assert (pipeline / "reports" / f"{metric}.json").exists(), metric
-    assert "Data and pipelines are up to date" in (pipeline / "second_repro.log").read_text()
+    second = (pipeline / "second_repro.log").read_text()
+    for stage in ("validate", "train", "evaluate", "unseen", "tune", "promote", "score"):
+        assert f"Stage '{stage}' didn't change, skipping" in second, stage
+    assert "MLflow store: {'store': 'sqlite:///" in second  # the only stage run again: the store check
+
+
+def test_a_lost_mlflow_store_is_named_with_what_to_rebuild(pipeline):
+    env = pipeline_env()
+    env.pop("MLFLOW_TRACKING_URI", None)
+    store = pipeline / "mlflow.db"
+    store.rename(pipeline / "mlflow.db.kept")
+    try:
+        repro = subprocess.run(["dvc", "repro"], cwd=pipeline, env=env, capture_output=True, text=True)
+    finally:
+        (pipeline / "mlflow.db.kept").rename(store)
+    output = repro.stdout + repro.stderr
+    assert repro.returncode != 0 and "Traceback" not in output
+    assert f"the MLflow store sqlite:///{store} lacks what the pipeline logged there: run " in output
+    assert "(models/untuned/run.json, stage train)" in output and "stage promote" in output
+    assert "`dvc repro -f train tune`, then `dvc repro`" in output
 
 
 @pytest.fixture(scope="module")

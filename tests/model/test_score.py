@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from nucseg import config, io
 from nucseg.core import modality, rle
+from nucseg.mlops import model_uris
 from nucseg.stages import score
 from nucseg.cli import app
 
@@ -195,7 +196,7 @@ def test_counts_table(mixed, tracked):
     assert counts["mean_area_px"].between(80, 150).all()  # radius-6 disks: ~113 px
     assert (counts["modality"] == "fluorescence").all()
     assert counts["diameter_px"].between(10, 14.5).all()  # 12 px across
-    _, recipe, _ = score.load_model(CHAMPION)  # below its band: enlarged to the training size
+    _, recipe, _ = model_uris.load_model(CHAMPION)  # below its band: enlarged to the training size
     np.testing.assert_allclose(counts["scale"], recipe.nucleus_diameter / counts["diameter_px"], rtol=1e-3)
 
 
@@ -203,7 +204,7 @@ def test_scoring_uses_the_models_recipe_not_params(mixed, tracked, score_params)
     """The registered recipe (A) finds every disk; the params (B) would find none."""
     from nucseg.core.segment import Recipe, segment
 
-    network, recipe, _ = score.load_model(CHAMPION)
+    network, recipe, _ = model_uris.load_model(CHAMPION)
     assert recipe.min_object_area != score_params["postprocess"]["min_object_area"]
     image = io.read_image(mixed["folder"] / "grey8.png")
     assert segment(network, image, Recipe.from_params(score_params))[0].max() == 0  # B: nothing
@@ -270,7 +271,7 @@ def test_missing_input_folder_is_named(tracked, score_params, tmp_path):
 
 def test_unset_alias_is_a_clear_model_unavailable(tracked, score_params, tmp_path):
     _write_good_images(tmp_path / "in")
-    with pytest.raises(score.ModelUnavailable, match=r"models:/nucseg-unet@nobody.*dvc repro promote"):
+    with pytest.raises(model_uris.ModelUnavailable, match=r"models:/nucseg-unet@nobody.*dvc repro promote"):
         score.run("models:/nucseg-unet@nobody", tmp_path / "in", tmp_path / "out", score_params)
 
 

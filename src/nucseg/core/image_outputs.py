@@ -16,7 +16,7 @@ import pandas as pd
 
 from nucseg import io
 from nucseg.core import modality, rle
-from nucseg.core.measure import measure, outlines_geojson
+from nucseg.core.measure import COLUMNS, measure, outlines_geojson
 from nucseg.core.overlay import captioned, draw_outlines
 from nucseg.core.preprocess import preprocess
 from nucseg.core.scale import SizeEstimate
@@ -95,3 +95,48 @@ def score_file(image_id: str, path: str | Path, network, recipe: Recipe, modalit
     image = io.read_image(path)
     labels, size = segment(network, image, recipe, diameter)
     return image_outputs(image_id, image, labels, size, recipe, modality_model, geojson)
+
+
+def count_row(outputs: ImageOutputs) -> dict[str, Any]:
+    """The image's row of `counts.csv`."""
+    nuclei = outputs.measurements
+    return {"ImageId": outputs.image_id, "nuclei": len(nuclei),
+            "mean_area_px": round(float(nuclei["area"].mean()), 2) if len(nuclei) else 0.0,
+            "modality": outputs.modality, "diameter_px": round(outputs.size.diameter, 2),
+            "scale": round(outputs.size.factor, 4)}
+
+
+def write_image_outputs(output_dir: Path, outputs: ImageOutputs) -> None:
+    io.atomic_write_bytes(output_dir / "labels" / f"{outputs.image_id}.png", outputs.labels_png)
+    io.atomic_write_bytes(output_dir / "overlays" / f"{outputs.image_id}.png", outputs.overlay_png)
+    if outputs.outlines is not None:
+        io.write_json(output_dir / "outlines" / f"{outputs.image_id}.geojson", outputs.outlines)
+
+
+MEASUREMENT_COLUMNS = ["ImageId", *COLUMNS]
+# diameter_px: the nuclei's median width as estimated (or given); scale: the factor the image was
+# resized by before the network, so nuclei reached the size it was trained at.
+COUNT_COLUMNS = ["ImageId", "nuclei", "mean_area_px", "modality", "diameter_px", "scale"]
+TABLES = ("submission.csv", "counts.csv", "measurements.csv", "model.json", "errors.csv")
+
+
+def remove_tables(output_dir: Path) -> None:
+    for name in TABLES:
+        (output_dir / name).unlink(missing_ok=True)
+
+
+def write_tables(output_dir: Path, rows, counts, measurements, failed, source: dict[str, str]) -> None:
+    """The run's tables, all written together at the end, so they always describe the same run;
+    `errors.csv` exists only when something failed, so a stale one from an earlier run in the
+    same folder is removed rather than left to mislead."""
+    io.write_csv(output_dir / "submission.csv", pd.DataFrame(rows, columns=["ImageId", "EncodedPixels"]))
+    io.write_csv(output_dir / "counts.csv",
+                 pd.DataFrame(counts, columns=COUNT_COLUMNS))
+    table = pd.concat(measurements, ignore_index=True) if measurements else pd.DataFrame()
+    io.write_csv(output_dir / "measurements.csv", table.reindex(columns=MEASUREMENT_COLUMNS).round(4))
+    io.write_json(output_dir / "model.json", source)
+    errors = output_dir / "errors.csv"
+    if failed:
+        io.write_csv(errors, pd.DataFrame(failed, columns=["path", "problem"]))
+    else:
+        errors.unlink(missing_ok=True)

@@ -1,13 +1,20 @@
 """Model URIs as users and stages give them: the registry version a `models:/name@alias` names
-now (so a run records exactly the model that scored, even if the alias moves meanwhile), and
-the champion a promotion report names."""
+now (so a run records exactly the model that scored, even if the alias moves meanwhile), the
+segmenter loaded from it, and the champion a promotion report names."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from nucseg import config
+from nucseg.config import get_logger
+from nucseg.core.quality import DEFAULT_QUALITY, check_quality
+from nucseg.core.segment import Recipe
+from nucseg.mlops import tracking
+
+log = get_logger("nucseg.score")
 
 MODELS_SCHEME = "models:/"
 CHAMPION_URI = f"{MODELS_SCHEME}{config.REGISTERED_MODEL}@champion"
@@ -52,3 +59,35 @@ def _parse_models_uri(model_uri: str) -> tuple[str, str, str]:
         return name, alias, ""
     name, _, version = body.rpartition("/")
     return (name, "", version) if name and version.isdigit() else ("", "", "")
+
+
+class ModelUnavailable(RuntimeError):
+    """The model URI cannot be loaded; the message names the URI and how to put a model there."""
+
+
+def load_model(model_uri: str, quality: str = DEFAULT_QUALITY) -> tuple[Any, Recipe, dict[str, str]]:
+    """The segmenter (network, and recipe at `quality`) behind an MLflow URI, and a record of
+    which registry version it is and at which quality it scores.
+
+    A `models:/name@alias` URI is pinned to the version the alias names *now* and that version
+    is loaded, so the record names exactly the model that scored even if the alias moves during
+    the run. MLflow's many failure types become one `ModelUnavailable` the CLI can print.
+    """
+    from mlflow.exceptions import MlflowException
+
+    check_quality(quality)
+    tracking.setup(create=False)
+    try:
+        source = resolve(model_uri)
+        from nucseg.mlops.segmenter_model import load_segmenter
+
+        network, recipe = load_segmenter(source["loaded_uri"], quality=quality)
+    except (MlflowException, OSError, ValueError) as err:
+        reason = (getattr(err, "message", "") or str(err) or type(err).__name__).splitlines()[0].rstrip(".")
+        raise ModelUnavailable(
+            f"cannot load model {model_uri}: {reason}. "
+            "Register and promote a model with `dvc repro promote` (`dvc repro -f promote` where DVC says it is "
+            "up to date: this tracking store is not the one it registered into), or pass another --model-uri.") from err
+    source["quality"] = quality
+    log.info("scoring with %s, recipe %s", source, recipe)
+    return network, recipe, source

@@ -19,6 +19,7 @@ from nucseg.core.evaluation import evaluate_model, evaluate_shifted, summarize, 
 from nucseg.core.preprocess import preprocessing
 from nucseg.core.quality import measure_levels
 from nucseg.core.segment import Recipe
+from nucseg.mlops import access
 from nucseg.mlops.segmenter_model import Int8Check, load_segmenter, log_segmenter, recipe_digest
 
 log = get_logger("nucseg.registry")
@@ -382,3 +383,19 @@ def move_aliases(client, name: str, champion: int, challenger: int | None) -> No
         client.set_registered_model_alias(name, CHALLENGER, str(challenger))
     elif CHALLENGER in client.get_registered_model(name).aliases:
         client.delete_registered_model_alias(name, CHALLENGER)
+
+
+def try_move_aliases(client, name: str, champion: int, challenger: int | None) -> str | None:
+    """Move the aliases; None, or why the server refused (a member registers versions, only a
+    promoter moves aliases). Refused, nothing has moved: `champion` is the first to move."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        move_aliases(client, name, champion, challenger)
+    except MlflowException as err:
+        refused = access.refusal_message(err)
+        if refused is None:
+            raise
+        log.warning("versions registered, aliases not moved: %s", refused)
+        return refused
+    return None

@@ -23,13 +23,13 @@ from nucseg.config import get_logger
 from nucseg.core.data import load_split
 from nucseg.core.runtime import calibration_crops
 from nucseg.core.segment import Recipe
-from nucseg.mlops import access, tracking
+from nucseg.mlops import tracking
 from nucseg.mlops.runs import stage_run
 from nucseg.mlops.promotion_report import promotion_markdown, promotion_table
 from nucseg.mlops.registry import (Candidate, best_val_loss, current_champion, decide, gate, gate_reference,
-                                   group_scores, int8_check, measure_quality, move_aliases, package, promotion_lock,
+                                   group_scores, int8_check, measure_quality, package, promotion_lock,
                                    quality_tags, read_recipe, read_run_info, register, score_model, source_lineage,
-                                   verdicts)
+                                   try_move_aliases, verdicts)
 
 log = get_logger("nucseg.promote")
 
@@ -131,22 +131,6 @@ def unseen_tags(path: str | Path) -> dict[str, Any]:
     summary = json.loads(path.read_text())
     return {"unseen_type_dsb_mean": summary["mean_dsb"],
             **{f"unseen_type_dsb.{t.replace(' ', '_')}": v["dsb"] for t, v in summary["per_type"].items()}}
-
-
-def try_move_aliases(client, name: str, champion: int, challenger: int | None) -> str | None:
-    """Move the aliases; None, or why the server refused (a member registers versions, only a
-    promoter moves aliases). Refused, nothing has moved: `champion` is the first to move."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        move_aliases(client, name, champion, challenger)
-    except MlflowException as err:
-        refused = access.refusal_message(err)
-        if refused is None:
-            raise
-        log.warning("versions registered, aliases not moved: %s", refused)
-        return refused
-    return None
 
 
 def log_promote_run(table: dict[str, Any], metrics_path: str | Path, report_path: str | Path,
