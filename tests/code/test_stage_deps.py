@@ -79,3 +79,85 @@ def test_imports_are_found_inside_functions_and_subpackages():
                      "from nucseg.core.rle import rle_encode\nfrom nucseg.mlops import tracking\n"
                      "from nucseg import not_a_module\n")
     assert nucseg_imports(tree) == {"io.py", "core/metrics.py", "core/rle.py", "mlops/tracking.py"}
+
+
+# ---- params: what a stage's code reads of params.yaml is what dvc.yaml declares for it ----
+
+def functions_of(modules: set[str]) -> dict[str, list[ast.FunctionDef]]:
+    """Every function and method of `modules`, by its name (a name may have several)."""
+    found: dict[str, list[ast.FunctionDef]] = {}
+    for module in modules:
+        for node in ast.walk(ast.parse((PACKAGE / module).read_text())):
+            if isinstance(node, ast.FunctionDef):
+                found.setdefault(node.name, []).append(node)
+    return found
+
+
+def sections_read(function: ast.FunctionDef, name: str) -> set[str]:
+    """Sections read as `name["section"]` or `name.get("section")` in `function`."""
+    found = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == name \
+                and isinstance(node.slice, ast.Constant):
+            found.add(node.slice.value)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == name and node.args \
+                and isinstance(node.args[0], ast.Constant):
+            found.add(node.args[0].value)
+    return found
+
+
+def handed_on(function: ast.FunctionDef, name: str, functions: dict[str, list[ast.FunctionDef]]):
+    """(callee, the callee's parameter that receives `name`) for each call in `function` that
+    passes `name` on, by position or keyword."""
+    for node in ast.walk(function):
+        if not isinstance(node, ast.Call):
+            continue
+        callee = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+        for definition in functions.get(callee, []):
+            arguments = [a.arg for a in definition.args.args]
+            arguments = arguments[1:] if arguments[:1] in (["self"], ["cls"]) else arguments
+            for position, value in enumerate(node.args):
+                if isinstance(value, ast.Name) and value.id == name and position < len(arguments):
+                    yield definition, arguments[position]
+            for keyword in node.keywords:
+                if isinstance(keyword.value, ast.Name) and keyword.value.id == name and keyword.arg in arguments:
+                    yield definition, keyword.arg
+
+
+def params_read(subcommand: str) -> set[str]:
+    """The params sections the code behind `nucseg <subcommand>` reads: from its stage's `run`,
+    following the params dict through every call that hands it on."""
+    cli = next(node for node in ast.parse((PACKAGE / "cli.py").read_text()).body
+               if isinstance(node, ast.FunctionDef) and node.name == subcommand.replace("-", "_"))
+    stage_module = next(m for m in nucseg_imports(cli) if m.startswith("stages/"))
+    functions = functions_of(closure({stage_module}))
+    run = next(node for node in ast.parse((PACKAGE / stage_module).read_text()).body
+               if isinstance(node, ast.FunctionDef) and node.name == "run")
+    read, seen, todo = set(), set(), [(run, "params")]
+    while todo:
+        function, name = todo.pop()
+        if (id(function), name) in seen:
+            continue
+        seen.add((id(function), name))
+        read |= sections_read(function, name)
+        todo += list(handed_on(function, name, functions))
+    return read
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_declares_every_params_section_its_code_reads(name):
+    stage = STAGES[name]
+    declared = {entry.split(".")[0] for entry in stage.get("params", []) if isinstance(entry, str)}
+    undeclared = params_read(stage["cmd"].split()[1]) - declared
+    assert not undeclared, f"stage {name} reads params {sorted(undeclared)} that dvc.yaml does not declare"
+
+
+def test_params_are_followed_through_calls():
+    tree = ast.parse("def run(params):\n    helper(1, params)\n    params['a']\n"
+                     "def helper(x, p):\n    p.get('b')\n    other(cfg=p)\n"
+                     "def other(cfg):\n    cfg['c']\n")
+    functions = {f.name: [f] for f in tree.body}
+    assert sections_read(functions["run"][0], "params") == {"a"}
+    assert [(f.name, arg) for f, arg in handed_on(functions["run"][0], "params", functions)] == [("helper", "p")]
+    assert [(f.name, arg) for f, arg in handed_on(functions["helper"][0], "p", functions)] == [("other", "cfg")]
