@@ -50,14 +50,6 @@ def test_recipe_round_trips_and_rejects_bad_values():
         Recipe.from_dict({"fg_treshold": 0.5})
 
 
-def test_params_yaml_holds_the_recipes_defaults(default_params):
-    """One source of defaults: a recipe made without params is the one params.yaml describes."""
-    from nucseg.core.postprocess import DEFAULTS
-
-    assert Recipe.from_params(default_params) == Recipe()
-    assert {key: default_params["postprocess"][key] for key in DEFAULTS} == DEFAULTS
-
-
 def test_recipe_from_params_takes_its_three_sections(default_params):
     recipe = Recipe.from_params(default_params)
     assert recipe.normalize_high == default_params["prepare"]["normalize_high"]

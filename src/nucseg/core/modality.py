@@ -18,14 +18,15 @@ from nucseg import io
 
 
 # Background level separates dark-field fluorescence from light-field images; log-saturation
-# separates stained (H&E) from grey brightfield, whose saturation is exactly zero.
+# separates stained (H&E) from grey brightfield, whose saturation is exactly zero. The defaults
+# of the thresholds that name the clusters (params.yaml's `modality` repeats them, a test checks).
 FEATURES = ["median", "log_saturation"]
+FLUORESCENCE_MAX_MEDIAN = 0.35
 HISTOLOGY_MIN_SATURATION = 0.05
 
 
 def log_saturation(saturation: float) -> float:
     return float(np.log(saturation + 0.01))
-FLUORESCENCE_MAX_MEDIAN = 0.35
 
 
 def image_features(image: np.ndarray) -> np.ndarray:
@@ -37,15 +38,16 @@ def image_features(image: np.ndarray) -> np.ndarray:
     return np.array([np.median(grey), log_saturation(hsv[..., 1].mean())], np.float32)
 
 
-def name_clusters(centroids: np.ndarray) -> list[str]:
+def name_clusters(centroids: np.ndarray, fluorescence_max_median: float = FLUORESCENCE_MAX_MEDIAN,
+                  histology_min_saturation: float = HISTOLOGY_MIN_SATURATION) -> list[str]:
     """Modality of each centroid (feature units): a dark background means fluorescence; of the
     light-background clusters the most colourful is histology (H&E stain), the rest brightfield."""
     columns = {name: centroids[:, j] for j, name in enumerate(FEATURES)}
-    names = np.where(columns["median"] <= FLUORESCENCE_MAX_MEDIAN, "fluorescence", "brightfield").astype(object)
+    names = np.where(columns["median"] <= fluorescence_max_median, "fluorescence", "brightfield").astype(object)
     light = np.flatnonzero(names == "brightfield")
     if len(light):
         most_colourful = light[np.argmax(columns["log_saturation"][light])]
-        if columns["log_saturation"][most_colourful] >= log_saturation(HISTOLOGY_MIN_SATURATION):
+        if columns["log_saturation"][most_colourful] >= log_saturation(histology_min_saturation):
             names[most_colourful] = "histology"
     seen: Counter[str] = Counter()
     unique = []
@@ -55,7 +57,8 @@ def name_clusters(centroids: np.ndarray) -> list[str]:
     return unique
 
 
-def fit(features: np.ndarray, n_clusters: int, seed: int) -> dict[str, Any]:
+def fit(features: np.ndarray, n_clusters: int, seed: int, fluorescence_max_median: float = FLUORESCENCE_MAX_MEDIAN,
+        histology_min_saturation: float = HISTOLOGY_MIN_SATURATION) -> dict[str, Any]:
     """K-means on standardised features; returns a JSON-able model with named clusters."""
     from sklearn.cluster import KMeans
     from sklearn.preprocessing import StandardScaler
@@ -64,7 +67,7 @@ def fit(features: np.ndarray, n_clusters: int, seed: int) -> dict[str, Any]:
     scaler = StandardScaler().fit(features)
     kmeans = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit(scaler.transform(features))
     centroids = scaler.inverse_transform(kmeans.cluster_centers_)
-    names = name_clusters(centroids)
+    names = name_clusters(centroids, fluorescence_max_median, histology_min_saturation)
     return {"features": FEATURES, "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
             "centroids": kmeans.cluster_centers_.tolist(), "centroids_in_feature_units": centroids.tolist(),
             "names": names}

@@ -26,7 +26,8 @@ def run(params: dict[str, Any], manifest_path: str | Path = "artifacts/manifest.
               for row in tqdm(manifest.itertuples(), total=len(manifest), desc="modality: features", unit="image")}
     features = np.stack([image_features(images[i]) for i in manifest["id"]])
     is_train = (manifest["split"] == "train").to_numpy()
-    model = fit(features[is_train], int(cfg["n_clusters"]), int(cfg["seed"]))
+    model = fit(features[is_train], int(cfg["n_clusters"]), int(cfg["seed"]), float(cfg["fluorescence_max_median"]),
+                float(cfg["histology_min_saturation"]))
     table = manifest[["id", "split"]].copy()
     table["modality"] = predict(model, features)
     for j, name in enumerate(FEATURES):

@@ -84,7 +84,7 @@ def run(params: dict[str, Any], manifest_path: str | Path = "artifacts/manifest.
     greys = {row.id: tiles.grey_for_seams(io.read_image(row.image_path))
              for row in tqdm(train.itertuples(), total=len(train), desc="split: reading image edges", unit="image")}
     links = tiles.find_links(greys, min_correlation=float(cfg["seam_min_correlation"]),
-                             max_smoothness=float(cfg["seam_max_smoothness"]))
+                             max_smoothness=float(cfg["seam_max_smoothness"]), window=int(cfg["seam_window"]))
     table = train[["id", "modality", "height", "width"]].copy()
     table.insert(1, "group", table["id"].map(tiles.group_ids(list(table["id"]), links)))
     table.insert(2, "split", assign_splits(table, fractions, int(cfg["seed"])))
