@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest import ROOT, tiny_tune_params, write_synthetic_prepared
+from conftest import tiny_tune_params, write_synthetic_prepared
 from nucseg import config
 from nucseg.mlops import tuners
 from nucseg.stages import tune
