@@ -79,13 +79,13 @@ def test_a_refusal_is_one_line_naming_server_user_and_permission(tracking_server
     from skimage.io import imsave
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    write_synthetic_prepared(tmp_path / "artifacts")
     wrong = {**tracking_server.env("reader"), "MLFLOW_TRACKING_PASSWORD": "wrong"}
     result = nucseg("train", env=wrong, cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"MLflow tracking server {tracking_server.url} refused the password of user 'reader' (401)" in result.stderr
     assert "MLFLOW_TRACKING_USERNAME" in result.stderr
 
-    write_synthetic_prepared(tmp_path / "artifacts")
     reader = nucseg("train", env=tracking_server.env("reader"), cwd=tmp_path)
     assert reader.returncode == 1 and "Traceback" not in reader.stderr
     assert (f"MLflow tracking server {tracking_server.url} refused a request (403): user 'reader' needs EDIT on "
