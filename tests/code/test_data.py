@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nucseg.core.augment import AugmentConfig
-from nucseg.core.data import CropDataset, draw_probabilities, load_samples, validation_crops
+from nucseg.core.data import CropDataset, draw_probabilities, load_samples, load_split, validation_crops
 
 AUGMENT = AugmentConfig(flip=True, rot90=True, rotate_degrees=20, shear=0.1, scale_min=0.8, scale_max=1.25,
                         brightness=0.1, contrast=0.2)
@@ -51,6 +51,18 @@ def test_load_samples_with_labels_keeps_the_truth_for_whole_image_scoring(tmp_pa
                         target=np.zeros((4, 4, 2), np.uint8))
     with pytest.raises(ValueError, match="nolabels.npz"):
         load_samples([tmp_path / "nolabels.npz"], with_labels=True)
+
+
+def test_load_split_keeps_labels_only_for_the_sides_that_score_whole_images(tmp_path):
+    for sample_id in ("a", "b"):
+        np.savez_compressed(tmp_path / f"{sample_id}.npz", image=np.zeros((8, 8, 3), np.uint8),
+                            target=np.zeros((8, 8, 2), np.uint8), labels=np.zeros((8, 8), np.uint16))
+    (tmp_path / "split.csv").write_text("id,split,modality\na,train,fluorescence\nb,val,histology\n")
+    loaded = load_split(tmp_path / "split.csv", tmp_path, ("train", "val"), labelled=("val",))
+    assert "labels" not in loaded["train"][0] and "labels" in loaded["val"][0]
+    assert loaded["val"][0]["modality"] == "histology"
+    every_side = load_split(tmp_path / "split.csv", tmp_path, ("train", "val"))
+    assert all("labels" in every_side[side][0] for side in ("train", "val"))
 
 
 def test_load_samples_names_corrupt_and_missing_files(tmp_path):

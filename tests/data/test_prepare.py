@@ -286,6 +286,14 @@ def test_grey_input_shows_every_modality_as_bright_nuclei_on_a_dark_background(b
     assert out[mask].mean() > 150 and out[mask].mean() - out[~mask].mean() > 120
 
 
+def test_the_clahe_grid_is_the_recipe_s_setting():
+    image, _ = stained_field((10, 10, 12), (40, 180, 60))
+    coarse, fine = (preprocess(image, 1.0, 99.8, input_form="grey", clahe_clip=2.0, clahe_grid=grid) for grid in (1, 8))
+    assert not np.array_equal(coarse, fine)
+    unequalised = preprocess(image, 1.0, 99.8, input_form="grey", clahe_clip=0.0, clahe_grid=1)
+    np.testing.assert_array_equal(unequalised, preprocess(image, 1.0, 99.8, input_form="grey", clahe_clip=0.0))
+
+
 def test_unknown_input_form_is_refused():
     with pytest.raises(ValueError, match="input_form"):
         preprocess(np.zeros((8, 8, 3), np.uint8), 1.0, 99.8, input_form="hsv")

@@ -36,16 +36,18 @@ def _load_sample(path: Path, with_labels: bool) -> dict[str, Any]:
 
 
 def load_split(split_path: str | Path, samples_dir: str | Path, sides: Sequence[str],
-               with_labels: bool = True, desc: str = "loading") -> dict[str, list[dict[str, Any]]]:
+               labelled: Sequence[str] | None = None, desc: str = "loading") -> dict[str, list[dict[str, Any]]]:
     """The prepared samples of each side of the split, checked as `load_samples` checks them, each
-    with its `split` and `modality` from the split table (the instance `labels` only
-    `with_labels`: whole-image scoring needs them, training crops do not)."""
+    with its `split` and `modality` from the split table. Instance `labels` come only with the
+    sides in `labelled` (default: every side): whole-image scoring needs them, training crops do
+    not, and a side's labels cost as much memory as its images."""
     split = pd.read_csv(split_path)
+    labelled = sides if labelled is None else labelled
     loaded = {}
     for side in sides:
         rows = split[split["split"] == side]
         samples = load_samples([Path(samples_dir) / f"{i}.npz" for i in rows["id"]], desc=f"{desc} {side} samples",
-                               with_labels=with_labels)
+                               with_labels=side in labelled)
         loaded[side] = [{**sample, "split": side, "modality": modality}
                         for sample, modality in zip(samples, rows["modality"])]
     return loaded

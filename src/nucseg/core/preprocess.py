@@ -18,7 +18,7 @@ from nucseg import io
 
 INPUT_FORMS = ("rgb", "grey")
 # The settings of `preprocess`, named as in params.yaml's `prepare` and in a model's recipe.
-PREPROCESSING = ("normalize_low", "normalize_high", "resize", "input_form", "clahe_clip")
+PREPROCESSING = ("normalize_low", "normalize_high", "resize", "input_form", "clahe_clip", "clahe_grid")
 
 
 def working_size(height: int, width: int, resize: int) -> tuple[int, int]:
@@ -34,25 +34,25 @@ def bright_background(grey: np.ndarray) -> bool:
     return float(np.median(grey)) > 0.5
 
 
-def nuclei_bright_grey(rgb: np.ndarray, clahe_clip: float) -> np.ndarray:
+def nuclei_bright_grey(rgb: np.ndarray, clahe_clip: float, clahe_grid: int = 8) -> np.ndarray:
     """uint8 HxWx3 (three equal channels) of a [0, 1] RGB image: luminance, inverted on a bright
-    background, CLAHE with `clahe_clip` (0: none)."""
+    background, CLAHE with `clahe_clip` (0: none) over a `clahe_grid` x `clahe_grid` grid of tiles."""
     grey = cv2.cvtColor(np.ascontiguousarray(rgb, np.float32), cv2.COLOR_RGB2GRAY)
     if bright_background(grey):
         grey = 1.0 - grey
     levels = np.round(grey * 255).astype(np.uint8)
     if clahe_clip > 0:
-        levels = cv2.createCLAHE(clipLimit=clahe_clip, tileGridSize=(8, 8)).apply(levels)
+        levels = cv2.createCLAHE(clipLimit=clahe_clip, tileGridSize=(clahe_grid, clahe_grid)).apply(levels)
     return np.repeat(levels[..., None], 3, axis=2)
 
 
 def preprocess(image: np.ndarray, normalize_low: float, normalize_high: float, resize: int = 0,
-               input_form: str = "rgb", clahe_clip: float = 0.0) -> np.ndarray:
+               input_form: str = "rgb", clahe_clip: float = 0.0, clahe_grid: int = 8) -> np.ndarray:
     """uint8 HxWx3: percentile-normalised (8/16-bit, grey/RGB/RGBA alike), in the `input_form`,
     stored as 8-bit levels, rescaled to `working_size`."""
     rgb = io.normalize_image(image, normalize_low, normalize_high)
     if input_form == "grey":
-        normalised = nuclei_bright_grey(rgb, clahe_clip)
+        normalised = nuclei_bright_grey(rgb, clahe_clip, clahe_grid)
     elif input_form == "rgb":
         normalised = np.round(rgb * 255).astype(np.uint8)
     else:

@@ -40,6 +40,7 @@ class Recipe:
     resize: int = 0
     input_form: str = "grey"
     clahe_clip: float = 0.0
+    clahe_grid: int = 8
     tile_size: int = TILE_SIZE
     tile_overlap: int = TILE_OVERLAP
     max_untiled_pixels: int = MAX_UNTILED_PIXELS
@@ -68,6 +69,8 @@ class Recipe:
             problems.append(f"input_form must be one of {INPUT_FORMS}, got {self.input_form!r}")
         if self.clahe_clip < 0:
             problems.append(f"clahe_clip must be >= 0 (0: no CLAHE), got {self.clahe_clip}")
+        if self.clahe_grid < 1:
+            problems.append(f"clahe_grid must be >= 1 (tiles per side), got {self.clahe_grid}")
         if self.resize < 0:
             problems.append(f"resize must be 0 (native) or a side length, got {self.resize}")
         if self.tile_size < MULTIPLE or not 0 <= self.tile_overlap < self.tile_size:

@@ -115,7 +115,7 @@ def int8_calibration(params: dict[str, Any], split_path: str | Path, samples_dir
     count = int(params["promote"]["int8_calibration_crops"])
     if count <= 0:
         return []
-    images = [sample["image"] for sample in load_split(split_path, samples_dir, ("train",), with_labels=False,
+    images = [sample["image"] for sample in load_split(split_path, samples_dir, ("train",), labelled=(),
                                                        desc="promote: loading")["train"]]
     return calibration_crops(images, int(params["promote"]["int8_crop_size"]), count)
 

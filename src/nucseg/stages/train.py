@@ -44,7 +44,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
     settings = training_settings(params, tracking.data_md5(), split_path, __file__)
     state = load_state(work_dir, settings)
     tracking.setup()
-    loaded = load_split(split_path, samples_dir, ("train", "val"), desc="train: loading")
+    loaded = load_split(split_path, samples_dir, ("train", "val"), labelled=("val",), desc="train: loading")
     train, val = loaded["train"], loaded["val"]
     if state:
         model = keras.saving.load_model(work_dir / "last.keras")

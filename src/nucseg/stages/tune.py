@@ -47,7 +47,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
     started = time.monotonic()
     tuner_dir, model_dir = Path(tuner_dir), Path(model_dir)
     tracking.setup()
-    loaded = load_split(split_path, samples_dir, ("train", "val"), desc="tune: loading")
+    loaded = load_split(split_path, samples_dir, ("train", "val"), labelled=("val",), desc="tune: loading")
     samples = loaded["train"], loaded["val"]
     settings = search_settings(params, tracking.data_md5(), split_path,
                                resume.package_code(__file__, tuners.__file__))
