@@ -190,6 +190,8 @@ def score(
     geojson: bool = typer.Option(False, "--geojson", help="also write QuPath-readable outlines/<id>.geojson"),
     engine: str = typer.Option("local", "--engine", help="local (this process) or spark"),
     master: str = typer.Option("local[2]", "--master", help="Spark master URL for --engine spark"),
+    workers: int = typer.Option(0, "--workers", min=0, help="local engine: processes scoring images side by side "
+                                "(0: one per core; 1: this process, least memory)"),
     diameter: Optional[float] = DIAMETER,
     quality: str = QUALITY,
     params: Path = PARAMS,
@@ -207,7 +209,7 @@ def score(
         uri = model_uris.promoted_model_uri(promotion) if promotion else \
             model_uri or loaded.get("score", {}).get("model_uri", model_uris.CHAMPION_URI)
         result = stage.run(uri, input_dir, output_dir, loaded, geojson=geojson, engine=engine, master=master,
-                           diameter=diameter, quality=quality)
+                           diameter=diameter, quality=quality, workers=workers)
     typer.echo(f"scored {len(result.scored)} image(s) into {output_dir}")
     if result.failed:
         for path, problem in result.failed:

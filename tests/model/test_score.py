@@ -144,7 +144,7 @@ def mixed(registry, score_params, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(registry["root"])
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{registry['root']}/mlflow.db")
-        result = score.run(CHAMPION, folder, output, score_params)
+        result = score.run(CHAMPION, folder, output, score_params, workers=2)  # the worker processes
     return {"result": result, "output": output, "shapes": shapes, "folder": folder}
 
 
@@ -238,6 +238,33 @@ def test_spark_engine_writes_what_the_local_engine_writes(mixed, tracked, score_
     for image_id in mixed["shapes"]:
         assert (tmp_path / "spark" / "labels" / f"{image_id}.png").read_bytes() == \
             (mixed["output"] / "labels" / f"{image_id}.png").read_bytes()
+
+
+def test_one_process_writes_what_the_worker_processes_write(mixed, tracked, score_params, tmp_path):
+    result = score.run(CHAMPION, mixed["folder"], tmp_path / "one", score_params, workers=1)
+    assert result.scored == mixed["result"].scored  # the input's order, whichever worker finished first
+    assert [Path(path).name for path, _ in result.failed] == ["corrupt.png"]
+    for table in ("submission.csv", "counts.csv", "measurements.csv", "errors.csv"):
+        assert (tmp_path / "one" / table).read_text() == (mixed["output"] / table).read_text(), table
+    for image_id in mixed["shapes"]:
+        assert (tmp_path / "one" / "labels" / f"{image_id}.png").read_bytes() == \
+            (mixed["output"] / "labels" / f"{image_id}.png").read_bytes()
+
+
+def test_a_version_the_workers_cannot_load_is_one_model_unavailable(tracked, score_params, tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    broken = client.create_model_version("nucseg-unet", source=str(tmp_path / "no-such-model"))
+    client.set_registered_model_alias("nucseg-unet", "broken", broken.version)
+    _write_good_images(tmp_path / "in")
+    try:
+        with pytest.raises(model_uris.ModelUnavailable, match=rf"models:/nucseg-unet/{broken.version}"):
+            score.run("models:/nucseg-unet@broken", tmp_path / "in", tmp_path / "out", score_params, workers=2)
+    finally:
+        client.delete_registered_model_alias("nucseg-unet", "broken")
+        client.delete_model_version("nucseg-unet", broken.version)
+    assert not (tmp_path / "out" / "labels").exists()
 
 
 def test_model_record_names_the_registered_version(mixed, registry):

@@ -97,6 +97,17 @@ def score_file(image_id: str, path: str | Path, network, recipe: Recipe, modalit
     return image_outputs(image_id, image, labels, size, recipe, modality_model, geojson)
 
 
+def score_or_problem(image_id: str, path: str | Path, network, recipe: Recipe,
+                     modality_model: dict[str, Any] | None, geojson: bool = False,
+                     diameter: float | None = None) -> tuple[ImageOutputs | None, str | None]:
+    """`score_file`'s outputs, or what went wrong with the image in a line: one bad image never
+    sinks a batch."""
+    try:
+        return score_file(image_id, path, network, recipe, modality_model, geojson, diameter), None
+    except Exception as err:  # noqa: BLE001 - any failure is this image's, recorded and reported
+        return None, io.problem_of(err)
+
+
 def count_row(outputs: ImageOutputs) -> dict[str, Any]:
     """The image's row of `counts.csv`."""
     nuclei = outputs.measurements

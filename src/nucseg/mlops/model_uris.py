@@ -5,12 +5,13 @@ segmenter loaded from it, and the champion a promotion report names."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from nucseg import config
 from nucseg.config import get_logger
-from nucseg.core.quality import DEFAULT_QUALITY, check_quality
+from nucseg.core.quality import DEFAULT_QUALITY, at_quality, check_quality
 from nucseg.core.segment import Recipe
 from nucseg.mlops import tracking
 
@@ -65,29 +66,55 @@ class ModelUnavailable(RuntimeError):
     """The model URI cannot be loaded; the message names the URI and how to put a model there."""
 
 
-def load_model(model_uri: str, quality: str = DEFAULT_QUALITY) -> tuple[Any, Recipe, dict[str, str]]:
+def pinned(model_uri: str, quality: str = DEFAULT_QUALITY) -> dict[str, str]:
+    """The record of which registry version `model_uri` names now (`resolve`) and at which quality
+    it scores, without loading it: what every worker of a batch then loads."""
+    check_quality(quality)
+    tracking.setup(create=False)
+    with _unavailable(model_uri):
+        source = resolve(model_uri)
+    source["quality"] = quality
+    return source
+
+
+def load_model(model_uri: str, quality: str = DEFAULT_QUALITY, threads: int = 0) -> tuple[Any, Recipe, dict[str, str]]:
     """The segmenter (network, and recipe at `quality`) behind an MLflow URI, and a record of
     which registry version it is and at which quality it scores.
 
     A `models:/name@alias` URI is pinned to the version the alias names *now* and that version
     is loaded, so the record names exactly the model that scored even if the alias moves during
     the run. MLflow's many failure types become one `ModelUnavailable` the CLI can print.
+    `threads`: ONNX Runtime's threads (0: one per core; 1 where a process per core scores).
     """
+    source = pinned(model_uri, quality)
+    with _unavailable(model_uri):
+        network, recipe = _segmenter(source["loaded_uri"], quality, threads)
+    log.info("scoring with %s, recipe %s", source, recipe)
+    return network, recipe, source
+
+
+def _segmenter(model_uri: str, quality: str, threads: int) -> tuple[Any, Recipe]:
+    from nucseg.mlops.segmenter_model import load_segmenter
+
+    if not threads:
+        return load_segmenter(model_uri, quality=quality)
+    import mlflow
+
+    segmenter = mlflow.pyfunc.load_model(model_uri, model_config={"threads": threads}).unwrap_python_model()
+    if not hasattr(segmenter, "stored_recipe"):
+        raise ValueError(f"{model_uri} is a bare network without a segmentation recipe; register a segmenter")
+    return segmenter.network, at_quality(segmenter.stored_recipe, quality)
+
+
+@contextmanager
+def _unavailable(model_uri: str):
     from mlflow.exceptions import MlflowException
 
-    check_quality(quality)
-    tracking.setup(create=False)
     try:
-        source = resolve(model_uri)
-        from nucseg.mlops.segmenter_model import load_segmenter
-
-        network, recipe = load_segmenter(source["loaded_uri"], quality=quality)
+        yield
     except (MlflowException, OSError, ValueError) as err:
         reason = (getattr(err, "message", "") or str(err) or type(err).__name__).splitlines()[0].rstrip(".")
         raise ModelUnavailable(
             f"cannot load model {model_uri}: {reason}. "
             "Register and promote a model with `dvc repro promote` (`dvc repro -f promote` where DVC says it is "
             "up to date: this tracking store is not the one it registered into), or pass another --model-uri.") from err
-    source["quality"] = quality
-    log.info("scoring with %s, recipe %s", source, recipe)
-    return network, recipe, source

@@ -2,7 +2,7 @@
 
 `spark_udf` cannot return the binary label images, so the segmenter runs inside `mapInPandas`:
 each partition loads the registered pyfunc once and scores its images with the network and
-recipe it holds, exactly as the local engine does (`image_outputs.score_file`: segment, draw,
+recipe it holds, exactly as the local engine does (`image_outputs.score_or_problem`: segment, draw,
 measure), so the driver only writes files. Executors read the image
 files themselves, so the paths must be visible to them (a shared filesystem on a cluster).
 """
@@ -46,8 +46,7 @@ def _partition_scorer(model_uri: str, modality_model: dict[str, Any] | None, geo
         import mlflow
         import pandas as pd
 
-        from nucseg import io
-        from nucseg.core.image_outputs import score_file
+        from nucseg.core.image_outputs import score_or_problem
         from nucseg.core.quality import at_quality
 
         if tracking_uri:
@@ -60,11 +59,9 @@ def _partition_scorer(model_uri: str, modality_model: dict[str, Any] | None, geo
         for batch in batches:
             rows = []
             for image_id, path in zip(batch["id"], batch["path"]):
-                try:
-                    rows.append(score_file(image_id, path, segmenter.network, recipe, modality_model,
-                                           geojson, diameter).to_row())
-                except Exception as err:  # noqa: BLE001 - one bad image never sinks the batch
-                    rows.append({"id": image_id, "error": io.problem_of(err)})
+                outputs, problem = score_or_problem(image_id, path, segmenter.network, recipe, modality_model,
+                                                    geojson, diameter)
+                rows.append(outputs.to_row() if outputs else {"id": image_id, "error": problem})
             yield pd.DataFrame(rows, columns=columns, dtype=object)  # pyarrow-backed strings confuse Spark
 
     return score

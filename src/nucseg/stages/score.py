@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 from nucseg import config, io
 from nucseg.config import get_logger
-from nucseg.core.image_outputs import (UNKNOWN_MODALITY, ImageOutputs, count_row, overlay_of, remove_tables, score_file,
-                                       write_image_outputs, write_tables)
+from nucseg.core.image_outputs import (UNKNOWN_MODALITY, ImageOutputs, count_row, overlay_of, remove_tables,
+                                       score_or_problem, write_image_outputs, write_tables)
 from nucseg.core.quality import DEFAULT_QUALITY, check_quality
 from nucseg.core.segment import segment
-from nucseg.mlops.model_uris import load_model
+from nucseg.mlops.model_uris import load_model, pinned
+from nucseg.mlops.process_engine import default_workers, score_in_processes
 from nucseg.mlops.segmenter_model import count_nuclei
 
 log = get_logger("nucseg.score")
@@ -57,11 +58,12 @@ ENGINES = ("local", "spark")
 
 def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: dict[str, Any],
         geojson: bool = False, engine: str = "local", master: str = "local[2]",
-        diameter: float | None = None, quality: str = DEFAULT_QUALITY) -> ScoreResult:
+        diameter: float | None = None, quality: str = DEFAULT_QUALITY, workers: int = 0) -> ScoreResult:
     """Score every image of `input_dir` (DSB layout or flat) into `output_dir`; see module doc.
     `params` only says where the modality model is; the segmentation settings are the model's.
     `diameter`: the nuclei's width in pixels, when the user knows it; else each image's is estimated.
     `quality`: `core.quality`'s level (the test-time views), `default` being the model's own.
+    `workers`: processes of the local engine (`process_engine`; 0: one per core, 1: this process).
 
     `engine="spark"` scores on Spark (`master`: `local[N]` or a cluster URL): executors segment,
     draw and measure, and this process writes what comes back, the same files as the local engine.
@@ -73,7 +75,11 @@ def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: d
     if not images:
         raise FileNotFoundError(f"{input_dir}: no images ({', '.join(io.IMAGE_SUFFIXES)}) found")
     output_dir = Path(output_dir)
-    network, recipe, source = load_model(model_uri, quality)
+    workers = min(workers or default_workers(), len(images)) if engine == "local" else 1
+    if workers > 1:
+        source = pinned(model_uri, quality)
+    else:
+        network, recipe, source = load_model(model_uri, quality)
     remove_tables(output_dir)
     modality_model = load_modality_model(params.get("score", {}).get("modality_model", DEFAULT_MODALITY_MODEL))
     if engine == "spark":
@@ -82,14 +88,17 @@ def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: d
         log.info("score: scoring %d image(s) on Spark (%s)", len(images), master)
         on_spark = score_with_spark(images, source["loaded_uri"], modality_model, geojson, master, diameter,
                                     quality=quality)
+        scored = ((image_id, path, *_from_spark(on_spark[image_id])) for image_id, path in images)
+    elif workers > 1:
+        log.info("score: scoring %d image(s) in %d worker processes", len(images), workers)
+        scored = score_in_processes(images, source["loaded_uri"], config.tracking_uri(), quality, modality_model, geojson, diameter, workers)
+    else:
+        scored = ((image_id, path, *score_or_problem(image_id, path, network, recipe, modality_model, geojson,
+                                                     diameter)) for image_id, path in images)
     result, rows, counts, measurements = ScoreResult(), [], [], []
-    for image_id, path in tqdm(images, desc=f"score: {'writing' if engine == 'spark' else 'scoring'} images",
-                               unit="image"):
-        try:
-            outputs = _from_spark(on_spark[image_id], path) if engine == "spark" else \
-                score_file(image_id, path, network, recipe, modality_model, geojson, diameter)
-        except Exception as err:  # noqa: BLE001 - one bad image never sinks the batch
-            problem = io.problem_of(err)
+    for image_id, path, outputs, problem in tqdm(scored, total=len(images), unit="image",
+                                                 desc=f"score: {'writing' if engine == 'spark' else 'scoring'} images"):
+        if problem is not None:
             log.error("not scored: %s: %s", path, problem)
             result.failed.append((str(path), problem))
             continue
@@ -103,10 +112,8 @@ def run(model_uri: str, input_dir: str | Path, output_dir: str | Path, params: d
     return result
 
 
-def _from_spark(result: ImageOutputs | str, path: Path) -> ImageOutputs:
-    if isinstance(result, str):
-        raise io.ImageError(path, result)
-    return result
+def _from_spark(result: ImageOutputs | str) -> tuple[ImageOutputs | None, str | None]:
+    return (None, result) if isinstance(result, str) else (result, None)
 
 
 def predict_one(model_uri: str, image_path: str | Path, output_dir: str | Path, diameter: float | None = None,
