@@ -6,7 +6,8 @@ The classical pipeline is the baseline nucleus counters start from (scikit-image
 inverted on a bright background, Otsu's threshold, holes filled, and a watershed of the distance
 transform seeded at its peaks. It has no knobs tuned on this data.
 
-Run from the project root after `dvc repro`:  python benchmarks/score_speed.py [--quality fast default best]
+Run from the project root after `dvc repro`:
+    python benchmarks/score_speed.py [--quality fast default best] [--workers 0 1]
 Prints numbers; asserts nothing. `nucseg score` runs as a user runs it (a fresh process, start-up
 included) into a temporary folder; nothing else should run on the machine meanwhile.
 """
@@ -57,11 +58,11 @@ def megapixels_of(paths: list[Path]) -> float:
     return sum(np.prod(io.read_image(path).shape[:2]) for path in paths) / 1e6
 
 
-def time_nucseg_score(folder: Path, model_uri: str, quality: str) -> float:
+def time_nucseg_score(folder: Path, model_uri: str, quality: str, workers: int) -> float:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         subprocess.run(["nucseg", "score", "--input", str(folder), "--output", out, "--model-uri", model_uri,
-                        "--quality", quality], check=True, stdout=subprocess.DEVNULL)
+                        "--quality", quality, "--workers", str(workers)], check=True, stdout=subprocess.DEVNULL)
         return time.perf_counter() - start
 
 
@@ -92,6 +93,8 @@ def main() -> None:
     parser.add_argument("--promotion", type=Path, default=Path("reports/promotion.json"),
                         help="the champion's test DSB at each quality level, as promote measured it")
     parser.add_argument("--quality", nargs="+", default=list(QUALITY_LEVELS), choices=list(QUALITY_LEVELS))
+    parser.add_argument("--workers", nargs="+", type=int, default=[0], help="`nucseg score --workers` values to time "
+                        "(0: one process per core, 1: one process)")
     args = parser.parse_args()
     paths = [path for _, path in io.find_images(args.input)]
     megapixels = megapixels_of(paths)
@@ -102,9 +105,11 @@ def main() -> None:
     print(f"classical (Otsu + distance watershed), read and segment: {classical_wall:.1f} s, "
           f"{classical_speed:.2f} megapixels/s")
     for quality in args.quality:
-        wall = time_nucseg_score(args.input, args.model_uri, quality)
-        print(f"nucseg score --quality {quality} ({args.model_uri}), end to end: {wall:.1f} s, "
-              f"{megapixels / wall:.2f} megapixels/s, {megapixels / wall / classical_speed:.2f}x classical", flush=True)
+        for workers in args.workers:
+            wall = time_nucseg_score(args.input, args.model_uri, quality, workers)
+            print(f"nucseg score --quality {quality} --workers {workers} ({args.model_uri}), end to end: {wall:.1f} s, "
+                  f"{megapixels / wall:.2f} megapixels/s, {megapixels / wall / classical_speed:.2f}x classical",
+                  flush=True)
 
     classical = classical_test_dsb(Path("artifacts/split.csv"), Path("artifacts/prepared"), Path("data/stage1_train"))
     promotion = json.loads(args.promotion.read_text())
