@@ -161,3 +161,18 @@ def test_params_are_followed_through_calls():
     assert sections_read(functions["run"][0], "params") == {"a"}
     assert [(f.name, arg) for f, arg in handed_on(functions["run"][0], "params", functions)] == [("helper", "p")]
     assert [(f.name, arg) for f, arg in handed_on(functions["helper"][0], "p", functions)] == [("other", "cfg")]
+
+
+# ---- the raw data: a stage whose MLflow run records the data version depends on it ----
+
+# `mlops.runs` tags every stage run with the raw data's md5 (data.dvc) and `mlops.datasets` logs
+# it; `core.resume` keeps it in a checkpoint's settings.
+READS_DATA_VERSION = {"mlops/runs.py", "mlops/datasets.py", "core/resume.py"}
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_that_records_the_data_version_depends_on_the_data(name):
+    stage = STAGES[name]
+    modules = closure(command_roots(stage["cmd"].split()[1]))
+    if modules & READS_DATA_VERSION:
+        assert "data" in stage["deps"], f"stage {name} records the data version but does not list `data` in its deps"

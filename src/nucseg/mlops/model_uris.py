@@ -88,12 +88,13 @@ def load_model(model_uri: str, quality: str = DEFAULT_QUALITY, threads: int = 0)
     """
     source = pinned(model_uri, quality)
     with _unavailable(model_uri):
-        network, recipe = _segmenter(source["loaded_uri"], quality, threads)
+        network, recipe = segmenter_at(source["loaded_uri"], quality, threads)
     log.info("scoring with %s, recipe %s", source, recipe)
     return network, recipe, source
 
 
-def _segmenter(model_uri: str, quality: str, threads: int) -> tuple[Any, Recipe]:
+def segmenter_at(model_uri: str, quality: str, threads: int) -> tuple[Any, Recipe]:
+    """The network and recipe at `quality` of a segmenter at an already pinned URI."""
     from nucseg.mlops.segmenter_model import load_segmenter
 
     if not threads:

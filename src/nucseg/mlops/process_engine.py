@@ -38,9 +38,8 @@ def score_in_processes(images: list[tuple[str, Path]], model_uri: str, tracking_
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=(tracking_uri,)) as pool:
         pending: deque = deque()
-        queued = iter(images)
         try:
-            for image_id, path in queued:
+            for image_id, path in images:
                 pending.append((image_id, path, pool.submit(_score, model_uri, quality, modality_model, geojson,
                                                             diameter, image_id, path)))
                 if len(pending) >= workers * IN_FLIGHT_PER_WORKER:

@@ -47,19 +47,18 @@ def _partition_scorer(model_uri: str, modality_model: dict[str, Any] | None, geo
         import pandas as pd
 
         from nucseg.core.image_outputs import score_or_problem
-        from nucseg.core.quality import at_quality
+        from nucseg.mlops.model_uris import segmenter_at
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
             mlflow.set_registry_uri(tracking_uri)
         # Once per partition, one ONNX Runtime thread: Spark already runs one task per core.
-        segmenter = mlflow.pyfunc.load_model(model_uri, model_config={"threads": 1}).unwrap_python_model()
-        recipe = at_quality(segmenter.stored_recipe, quality)
+        network, recipe = segmenter_at(model_uri, quality, threads=1)
         columns = [column.split()[0] for column in ROW_SCHEMA.split(", ")]
         for batch in batches:
             rows = []
             for image_id, path in zip(batch["id"], batch["path"]):
-                outputs, problem = score_or_problem(image_id, path, segmenter.network, recipe, modality_model,
+                outputs, problem = score_or_problem(image_id, path, network, recipe, modality_model,
                                                     geojson, diameter)
                 rows.append(outputs.to_row() if outputs else {"id": image_id, "error": problem})
             yield pd.DataFrame(rows, columns=columns, dtype=object)  # pyarrow-backed strings confuse Spark
