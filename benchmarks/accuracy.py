@@ -37,10 +37,11 @@ def main() -> None:
             samples = load_split("artifacts/split.csv", "artifacts/prepared", (split,))[split]
             recipe = Recipe.from_dict(json.loads(Path("models/untuned/recipe.json").read_text()))
             per_image, _ = evaluate_model(model, samples, recipe, desc=f"benchmark {split}")
-            show(f"untuned on {split} (recomputed)", summarize(per_image))
+            show(f"untuned network, Keras, on {split} (recomputed)", summarize(per_image))
     else:
-        for split, summary in json.loads(Path("reports/eval_metrics.json").read_text()).items():
-            show(f"untuned on {split} (reports/eval_metrics.json)", summary)
+        measured = json.loads(Path("reports/eval_metrics.json").read_text())
+        for split in ("val", "test"):
+            show(f"untuned package {measured['model_uri']} on {split} (reports/eval_metrics.json)", measured[split])
     promotion = Path("reports/promotion.json")
     if promotion.exists():
         print("promotion:", json.dumps(json.loads(promotion.read_text()), indent=1))

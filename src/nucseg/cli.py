@@ -117,11 +117,22 @@ def train(params: Path = PARAMS) -> None:
 
 
 @app.command()
+def package(name: str = typer.Argument(..., help="the trained network: untuned or tuned"),
+            params: Path = PARAMS) -> None:
+    """Package a trained network as the segmenter users get (ONNX, int8 where it keeps its accuracy)."""
+    from nucseg.mlops.packaging import PackagingError
+    from nucseg.stages import package as stage
+
+    _run_stage(f"package {name}", lambda loaded: stage.run(loaded, name), params, PackagingError)
+
+
+@app.command()
 def evaluate(params: Path = PARAMS) -> None:
-    """DSB metric, pixel IoU and Dice of the untuned model on the val and test splits."""
+    """DSB metric, pixel IoU and Dice of the untuned model's package on the val and test splits."""
+    from nucseg.mlops.packaging import PackagingError
     from nucseg.stages import evaluate as stage
 
-    _run_stage("evaluation", stage.run, params)
+    _run_stage("evaluation", stage.run, params, PackagingError)
 
 
 @app.command()
@@ -158,10 +169,11 @@ def tune(
 @app.command()
 def promote(params: Path = PARAMS) -> None:
     """Register untuned and tuned models; alias `champion` to the better by test DSB, `challenger` to the other."""
+    from nucseg.mlops.packaging import PackagingError
     from nucseg.mlops.registry import PromotionError
     from nucseg.stages import promote as stage
 
-    _run_stage("promotion", stage.run, params, PromotionError)
+    _run_stage("promotion", stage.run, params, PromotionError, PackagingError)
 
 
 DIAMETER = typer.Option(None, "--diameter", min=0.5, help="the nuclei's typical width in pixels, when you know it "

@@ -48,8 +48,11 @@ def test_two_promotions_at_once_leave_one_consistent_champion(tmp_path, monkeypa
                           {"run_id": active.info.run_id, "model_uri": log_keras_model(network(bright))})
             io.atomic_write_text(tmp_path / "models" / kind / "recipe.json",
                                  Recipe.from_params(load_params(ROOT / "params.yaml")).to_json())
+            network(bright).save(tmp_path / "models" / kind / "model.keras")
 
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": uri}
+    for kind in ("untuned", "tuned"):
+        subprocess.run([str(BIN / "nucseg"), "package", kind], cwd=tmp_path, env=env, check=True, capture_output=True)
     processes = []
     for index in range(2):
         folder = tmp_path / f"promote{index}"

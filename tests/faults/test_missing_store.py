@@ -29,6 +29,8 @@ def test_evaluate_against_a_store_without_the_training_run_says_how_to_rebuild(t
     io.atomic_write_text(models / "recipe.json", Recipe.from_params(params).to_json())
     missing = "0" * 32
     io.write_json(models / "run.json", {"run_id": missing, "model_uri": f"runs:/{missing}/model"})
+    io.write_json(tmp_path / "models" / "packages" / "untuned.json", {"run_id": missing,
+                                                                      "model_uri": f"runs:/{missing}/segmenter"})
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/fresh.db")  # a store the training never saw
 
@@ -42,6 +44,7 @@ def write_records(root, run_id, model_uri, version):
     for folder in ("untuned", "tuned"):
         (root / "models" / folder).mkdir(parents=True, exist_ok=True)
         io.write_json(root / "models" / folder / "run.json", {"run_id": run_id, "model_uri": model_uri})
+        io.write_json(root / "models" / "packages" / f"{folder}.json", {"run_id": run_id, "model_uri": model_uri})
     io.write_json(root / "reports" / "promotion.json", {"candidates": {"untuned": {"version": version},
                                                                        "tuned": {"version": version}}})
 
@@ -59,13 +62,15 @@ def test_the_store_check_finds_what_the_outputs_name_and_names_what_is_gone(tmp_
     version = mlflow.register_model(logged.model_uri, "nucseg-unet").version
     write_records(tmp_path, run.info.run_id, f"models:/{logged.model_id}", version)
     records = store_check.recorded(tmp_path, "nucseg-unet")
-    assert [kind for _, _, kind, _ in records] == ["run", "logged model", "run", "logged model",
-                                                   "registered version", "registered version"]
+    assert [(stage, kind) for stage, _, kind, _ in records] == [
+        ("train", "run"), ("train", "logged model"), ("tune", "run"), ("tune", "logged model"),
+        ("package", "logged model"), ("package", "logged model"),
+        ("promote", "registered version"), ("promote", "registered version")]
     client = mlflow.MlflowClient()
     assert store_check.missing(client, records) == []
 
     result = CliRunner().invoke(app, ["check-store", "--params", str(ROOT / "params.yaml")])
-    assert result.exit_code == 0 and "MLflow store: {'store'" in result.output and "'checked': 6" in result.output
+    assert result.exit_code == 0 and "MLflow store: {'store'" in result.output and "'checked': 8" in result.output
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/other.db")  # another store: nothing in it
     tracking.setup()
@@ -77,8 +82,22 @@ def test_the_store_check_finds_what_the_outputs_name_and_names_what_is_gone(tmp_
     assert f"registered version nucseg-unet v{version} (reports/promotion.json, stage promote)" in message
     assert message.endswith("`dvc repro -f train tune`, then `dvc repro`.")
     assert store_check.rebuild_message("s", absent[-1:]).endswith("`dvc repro -f promote`, then `dvc repro`.")
+    assert store_check.rebuild_message("s", absent[4:]).endswith("`dvc repro -f package promote`, then `dvc repro`.")
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/deleted.db")  # a store that is not there
     result = CliRunner().invoke(app, ["check-store", "--params", str(ROOT / "params.yaml")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"sqlite:///{tmp_path}/deleted.db lacks what the pipeline logged there" in result.output
+
+
+def test_package_names_an_unknown_network_and_a_missing_training_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    params = ["--params", str(ROOT / "params.yaml")]
+
+    unknown = CliRunner().invoke(app, ["package", "nonsense", *params])
+    assert unknown.exit_code == 1 and "Traceback" not in unknown.output
+    assert "no trained network called 'nonsense': expected one of untuned, tuned" in unknown.output
+    untrained = CliRunner().invoke(app, ["package", "untuned", *params])
+    assert untrained.exit_code == 1 and "Traceback" not in untrained.output
+    assert "models/untuned/run.json: not found; run the stage that trains this model first" in untrained.output

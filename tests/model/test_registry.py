@@ -17,6 +17,8 @@ from skimage.draw import disk
 from nucseg import config, io
 from nucseg.mlops import registry
 from nucseg.mlops.logged_models import log_keras_model
+from nucseg.mlops.packaging import PackagingError
+from nucseg.stages import package as package_stage
 from nucseg.stages import promote as promote_stage
 from nucseg.core.targets import targets_from_labels
 from nucseg.core.segment import Recipe
@@ -152,10 +154,15 @@ def _unet(tracks_brightness: bool):
 
 
 def _log(model, val_losses: list[float]) -> dict[str, str]:
+    """What a training stage leaves: an MLflow run with its curve and logged network, and the
+    network's file (`network`, copied to `models/<name>/model.keras` by `promote` below)."""
     with mlflow.start_run() as active:
         for step, value in enumerate(val_losses):
             mlflow.log_metric("val_loss", value, step=step)
-        return {"run_id": active.info.run_id, "model_uri": log_keras_model(model)}
+        network = Path.cwd() / "networks" / f"{active.info.run_id}.keras"
+        network.parent.mkdir(exist_ok=True)
+        model.save(network)
+        return {"run_id": active.info.run_id, "model_uri": log_keras_model(model), "network": str(network)}
 
 
 @dataclass
@@ -187,20 +194,26 @@ def world(tmp_path_factory):
 
 @pytest.fixture
 def promote(world, params, tmp_path):
-    """promote(untuned=..., tuned=...) runs the stage on those run.json contents; each test
-    starts from an empty registry."""
+    """promote(untuned=..., tuned=...) runs the `package` stage, then the `promote` stage, on what
+    those training runs left (`_log`); `evaluated`: the untuned package's scores on file, if any.
+    Each test starts from an empty registry."""
     client = mlflow.MlflowClient()
     if client.search_registered_models(f"name='{NAME}'"):
         client.delete_registered_model(NAME)
+    trained = {"untuned": tmp_path / "untuned", "tuned": tmp_path / "tuned"}
 
-    def _promote(untuned: dict, tuned: dict) -> dict:
+    def _promote(untuned: dict, tuned: dict, evaluated: dict | None = None) -> dict:
         for kind, info in (("untuned", untuned), ("tuned", tuned)):
             io.write_json(tmp_path / kind / "run.json", info)
             io.atomic_write_text(tmp_path / kind / "recipe.json", Recipe.from_params(params).to_json())
-        return promote_stage.run(params, candidates={"untuned": tmp_path / "untuned", "tuned": tmp_path / "tuned"},
-                            split_path=world.split, samples_dir=world.samples,
-                            metrics_path=tmp_path / "reports" / "promotion.json",
-                            report_path=tmp_path / "reports" / "promotion.md")
+            (tmp_path / kind / "model.keras").write_bytes(Path(info["network"]).read_bytes())
+        for kind, folder in trained.items():
+            package_stage.run(params, kind, folder, split_path=world.split, samples_dir=world.samples,
+                              output_dir=tmp_path / "packages")
+        return promote_stage.run(params, candidates=trained, packages_dir=tmp_path / "packages",
+                                 evaluated=evaluated or {}, split_path=world.split, samples_dir=world.samples,
+                                 metrics_path=tmp_path / "reports" / "promotion.json",
+                                 report_path=tmp_path / "reports" / "promotion.md")
 
     return _promote
 
@@ -299,20 +312,48 @@ def test_failed_promotion_leaves_the_champion_where_it_was(world, promote, param
     before = _aliases()
     count = len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'"))
     missing_uri = "models:/m-0000000000000000000000000000dead"
+    trained, packages = {"untuned": tmp_path / "untuned", "tuned": tmp_path / "tuned"}, tmp_path / "packages"
 
+    io.write_json(packages / "tuned.json", {**world.good, "model_uri": missing_uri})  # a package the store lacks
     with pytest.raises(registry.PromotionError, match=missing_uri):
-        promote(untuned=world.good_twin, tuned={**world.good, "model_uri": missing_uri})
+        promote_stage.run(params, candidates=trained, packages_dir=packages, evaluated={}, split_path=world.split,
+                          samples_dir=world.samples, metrics_path=tmp_path / "reports" / "promotion.json",
+                          report_path=tmp_path / "reports" / "promotion.md")
     assert _aliases() == before
     assert len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'")) == count
 
-    with pytest.raises(registry.PromotionError, match="0" * 32):
+    with pytest.raises(PackagingError, match="0" * 32):
         promote(untuned=world.good_twin, tuned={**world.good, "run_id": "0" * 32})
 
     (tmp_path / "tuned" / "recipe.json").unlink()
-    with pytest.raises(registry.PromotionError, match=re.escape(str(tmp_path / "tuned" / "recipe.json"))):
-        promote_stage.run(params, candidates={"untuned": tmp_path / "untuned", "tuned": tmp_path / "tuned"})
-    (tmp_path / "tuned" / "run.json").unlink()
-    with pytest.raises(registry.PromotionError, match=re.escape(str(tmp_path / "tuned" / "run.json"))):
-        promote_stage.run({}, candidates={"untuned": tmp_path / "untuned", "tuned": tmp_path / "tuned"})
+    with pytest.raises(PackagingError, match=re.escape(str(tmp_path / "tuned" / "recipe.json"))):
+        promote_stage.run(params, candidates=trained, packages_dir=packages)
+    (packages / "tuned.json").unlink()
+    with pytest.raises(PackagingError, match=re.escape(str(packages / "tuned.json"))):
+        promote_stage.run({}, candidates=trained, packages_dir=packages)
     assert _aliases() == before
     assert len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'")) == count
+
+
+def test_a_package_evaluate_scored_is_not_scored_again(world, promote, params, tmp_path):
+    shifts = params["evaluate"]["shifts"]
+    scored = promote(untuned=world.good, tuned=world.bad)
+    assert scored["candidates"]["untuned"]["dsb"] == 1.0
+    package = json.loads((tmp_path / "packages" / "untuned.json").read_text())["model_uri"]
+    means = {"dsb": 0.4321, "pixel_iou": 0.5, "pixel_dice": 0.6}
+    summary = {"overall": {**means, "images": 4},
+               "per_modality": {m: {**means, "images": 2} for m in ("brightfield", "fluorescence")},
+               "shifted": {shift: {"dsb": 0.4321} for shift in shifts}}
+    evaluation = tmp_path / "eval_metrics.json"
+
+    io.write_json(evaluation, {"test": summary, "model_uri": package})
+    assert promote(untuned=world.good, tuned=world.bad,
+                   evaluated={"untuned": evaluation})["candidates"]["untuned"]["dsb"] == 0.4321  # reused
+
+    io.write_json(evaluation, {"test": summary, "model_uri": "models:/m-another-package"})
+    assert promote(untuned=world.good, tuned=world.bad,
+                   evaluated={"untuned": evaluation})["candidates"]["untuned"]["dsb"] == 1.0  # scored again
+    other_shifts = {**summary, "shifted": {"x3": {"dsb": 0.4321}}}
+    io.write_json(evaluation, {"test": other_shifts, "model_uri": package})
+    assert promote(untuned=world.good, tuned=world.bad,
+                   evaluated={"untuned": evaluation})["candidates"]["untuned"]["dsb"] == 1.0

@@ -7,7 +7,6 @@ is what users get.
 from __future__ import annotations
 
 import fcntl
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from nucseg.core.preprocess import preprocessing
 from nucseg.core.quality import measure_levels
 from nucseg.core.segment import Recipe
 from nucseg.mlops import access
-from nucseg.mlops.segmenter_model import Int8Check, load_segmenter, log_segmenter, recipe_digest
+from nucseg.mlops.segmenter_model import load_segmenter
 
 log = get_logger("nucseg.registry")
 
@@ -176,27 +175,6 @@ def promotion_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def read_run_info(path: Path) -> tuple[str, str]:
-    """(run_id, model_uri) a training or tuning stage left behind."""
-    try:
-        info = json.loads(path.read_text())
-        return info["run_id"], info["model_uri"]
-    except FileNotFoundError as err:
-        raise PromotionError(f"{path}: not found; run the stage that trains this model first") from err
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise PromotionError(f"{path}: expected JSON with run_id and model_uri ({err!r})") from err
-
-
-def read_recipe(path: Path) -> Recipe:
-    """The recipe (thresholds chosen on val) a training or tuning stage stored beside its model."""
-    try:
-        return Recipe.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError as err:
-        raise PromotionError(f"{path}: not found; run the stage that trains this model first") from err
-    except (OSError, ValueError, TypeError) as err:
-        raise PromotionError(f"{path}: not a segmentation recipe ({err})") from err
-
-
 def score_model(model_uri: str, samples: list[dict[str, Any]], prepared_with: Recipe, label: str,
                 shifts: Sequence[str] = ()) -> dict[str, Any]:
     """Test summary (overall, per modality and, under `shifted`, per shifted copy) of the
@@ -240,42 +218,6 @@ def quality_tags(levels: Mapping[str, Mapping[str, float]], images: int) -> dict
         tags["quality.measured_on"] = (f"test split ({images} images), segmenting in one process on "
                                        f"{os.cpu_count()} cores")
     return tags
-
-
-def int8_check(crops: list, val_samples: list[dict[str, Any]], recipe: Recipe, label: str) -> Int8Check:
-    """An int8 network of `label` is calibrated on `crops` and must keep its `val` DSB, with `recipe`."""
-    def dsb_of(network) -> float:
-        per_image, _ = evaluate_model(network, val_samples, recipe, desc=f"promote {label} int8 check: val")
-        return summarize(per_image)["overall"]["dsb"]
-
-    return Int8Check(crops, dsb_of)
-
-
-def package(client, run_id: str, network_uri: str, recipe: Recipe, int8: Int8Check | None = None) -> str:
-    """URI of the segmenter (network + recipe, and an int8 network where `int8` keeps it) logged
-    into the training run `run_id`, logged once per network, recipe and int8 offer: a rerun finds
-    it by its run tag and registers nothing new."""
-    import hashlib
-
-    import mlflow
-
-    offer = "int8" if int8 else "float"
-    tag = f"segmenter.{hashlib.sha256(network_uri.encode()).hexdigest()[:8]}.{recipe_digest(recipe)}.{offer}"
-    try:
-        existing = client.get_run(run_id).data.tags.get(tag)
-    except Exception as err:  # noqa: BLE001 - a missing run or store: the run is what the user must fix
-        raise PromotionError(f"MLflow run {run_id} not found in {config.tracking_uri()}: {err}") from err
-    if existing:
-        return existing
-    try:
-        network = mlflow.keras.load_model(network_uri)
-    except Exception as err:  # noqa: BLE001
-        raise PromotionError(f"cannot load model {network_uri}: {err}") from err
-    with mlflow.start_run(run_id=run_id):
-        uri = log_segmenter(network, recipe, int8=int8)
-        mlflow.set_tag(tag, uri)
-    log.info("logged segmenter %s into run %s", uri, run_id)
-    return uri
 
 
 def best_val_loss(client, run_id: str) -> float | None:

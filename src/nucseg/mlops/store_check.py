@@ -14,6 +14,7 @@ from typing import Any
 
 # What each pipeline output names in the store, and the stage that logged it.
 RUN_RECORDS = {"train": "models/untuned/run.json", "tune": "models/tuned/run.json"}
+PACKAGE_RECORDS, PACKAGE_STAGE = ("models/packages/untuned.json", "models/packages/tuned.json"), "package"
 PROMOTION_REPORT, PROMOTE_STAGE = "reports/promotion.json", "promote"
 
 
@@ -26,6 +27,9 @@ def recorded(root: Path, registered_model: str) -> list[tuple[str, str, str, Any
         if path.exists():
             info = json.loads(path.read_text())
             found += [(stage, name, "run", info["run_id"]), (stage, name, "logged model", info["model_uri"])]
+    for name in PACKAGE_RECORDS:
+        if (root / name).exists():
+            found.append((PACKAGE_STAGE, name, "logged model", json.loads((root / name).read_text())["model_uri"]))
     report = root / PROMOTION_REPORT
     if report.exists():
         promotion = json.loads(report.read_text())
@@ -54,7 +58,7 @@ def missing(client, records: list[tuple[str, str, str, Any]]) -> list[tuple[str,
 
 def rebuild_message(uri: str, absent: list[tuple[str, str, str, Any]]) -> str:
     """One paragraph: what is missing from which store, and the `dvc repro -f` that makes it again."""
-    stages = sorted({stage for stage, *_ in absent}, key=[*RUN_RECORDS, PROMOTE_STAGE].index)
+    stages = sorted({stage for stage, *_ in absent}, key=[*RUN_RECORDS, PACKAGE_STAGE, PROMOTE_STAGE].index)
     if set(stages) & set(RUN_RECORDS):
         stages = [*RUN_RECORDS]  # new runs give new models, which promotion must register again
     items = "; ".join(f"{kind} {value if kind != 'registered version' else '%s v%s' % value} ({file}, stage {stage})"

@@ -1,5 +1,7 @@
-"""Stage `evaluate`: whole-image instance segmentation of the `val` and `test` splits, scored as
-the field scores it (DSB2018 metric), per image and per modality, logged into the training run.
+"""Stage `evaluate`: whole-image instance segmentation of the `val` and `test` splits by the
+untuned network's package (`models/packages/untuned.json`: the segmenter the registry gets, on its
+own runtime and recipe), scored as the field scores it (DSB2018 metric), per image and per
+modality, logged into the training run. `promote` reuses these `test` scores.
 
 `test` is the final report: nothing was chosen on it, so its DSB is the honest estimate. Its
 shifted copies (`evaluate.shifts`: other magnifications, darker, brighter, noisier; see
@@ -7,7 +9,6 @@ shifted copies (`evaluate.shifts`: other magnifications, darker, brighter, noisi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from nucseg.config import get_logger
 from nucseg.core.data import load_split
 from nucseg.core.evaluation import evaluate_model, evaluate_shifted, summarize, summarize_shifts, threshold_curve
 from nucseg.core.overlay import overlay_panel
-from nucseg.core.segment import Recipe
 from nucseg.mlops import tracking
+from nucseg.mlops.packaging import read_run_info
 from nucseg.mlops.runs import stage_run
+from nucseg.mlops.segmenter_model import load_segmenter
 
 log = get_logger("nucseg.evaluate")
 
@@ -51,21 +53,18 @@ def log_to_run(summaries: dict[str, dict[str, Any]], per_image: pd.DataFrame, sa
             mlflow.log_image(panel, f"overlays/{modality}/{image_id}.png")
 
 
-def run(params: dict[str, Any], model_dir: str | Path = "models/untuned", split_path: str | Path = "artifacts/split.csv",
+def run(params: dict[str, Any], package_path: str | Path = "models/packages/untuned.json", split_path: str | Path = "artifacts/split.csv",
         samples_dir: str | Path = "artifacts/prepared", metrics_path: str | Path = "reports/eval_metrics.json",
         per_image_path: str | Path = "reports/eval_per_image.csv",
         per_modality_path: str | Path = "reports/eval_per_modality.csv",
         thresholds_path: str | Path = "reports/eval_thresholds.csv",
         shifted_path: str | Path = "reports/eval_shifted.csv") -> dict[str, Any]:
-    import keras
     import mlflow
 
-    model_dir = Path(model_dir)
     tracking.setup()
-    run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
+    run_id, model_uri = read_run_info(Path(package_path))
     mlflow.MlflowClient().get_run(run_id)  # a store without the training run fails now, not after the work
-    model = keras.saving.load_model(model_dir / "model.keras", compile=False)  # inference only
-    recipe = Recipe.from_dict(json.loads((model_dir / "recipe.json").read_text()))  # its own thresholds
+    model, recipe = load_segmenter(model_uri)  # its own runtime and thresholds
     samples = load_split(split_path, samples_dir, ("val", "test"), desc="evaluate: loading")
     results = {split: evaluate_model(model, part, recipe, desc=f"evaluate {split}") for split, part in samples.items()}
     summaries = {split: summarize(per_image) for split, (per_image, _) in results.items()}
@@ -78,7 +77,7 @@ def run(params: dict[str, Any], model_dir: str | Path = "models/untuned", split_
                                            ignore_index=True).round(5))
     io.write_csv(per_modality_path, per_modality)
     io.write_csv(thresholds_path, threshold_curve(test))
-    io.write_json(metrics_path, summaries)
+    io.write_json(metrics_path, {**summaries, "model_uri": model_uri})
     with stage_run("evaluate", params, split_path, ("test",), run_id=run_id):
         log_to_run(summaries, test, samples["test"], predictions, params,
                    {"per_image": per_image_path, "per_modality": per_modality_path, "thresholds": thresholds_path,

@@ -1,10 +1,11 @@
 """Stage `promote`: the model registry decides which U-Net serves.
 
 `score` and `predict` load `models:/nucseg-unet@champion`, so whichever model holds that alias
-is what users get. Each candidate travels with its own recipe (the thresholds its training
-stage chose on `val`) and is scored here with it, on the same `test` split,
-before the registry is touched: a crash mid-stage then leaves the aliases
-exactly as they were, and the registry is never without a champion.
+is what users get. The candidates are the packages `package` made of each trained network
+(`models/packages/`), each with its own recipe (the thresholds its training stage chose on
+`val`), compared on the same `test` split and its shifted copies before the registry is touched:
+a crash mid-stage then leaves the aliases exactly as they were, and the registry is never without
+a champion. A package `evaluate` has scored already (the untuned one) is not scored again.
 
 Under `dvc exp run` the candidates are registered and scored (their versions tagged with the
 experiment) but no alias moves: an experiment reports which version it would make champion
@@ -21,14 +22,14 @@ from typing import Any, Mapping
 from nucseg import config, io
 from nucseg.config import get_logger
 from nucseg.core.data import load_split
-from nucseg.core.runtime import calibration_crops
 from nucseg.core.segment import Recipe
 from nucseg.mlops import tracking
+from nucseg.mlops.packaging import read_recipe, read_run_info
 from nucseg.mlops.runs import stage_run
 from nucseg.mlops.promotion_report import promotion_markdown, promotion_table
 from nucseg.mlops.registry import (Candidate, best_val_loss, current_champion, decide, gate, gate_reference,
-                                   group_scores, int8_check, measure_quality, package, promotion_lock,
-                                   quality_tags, read_recipe, read_run_info, register, score_model, source_lineage,
+                                   group_scores, measure_quality, promotion_lock,
+                                   quality_tags, register, score_model, source_lineage,
                                    try_move_aliases, verdicts)
 
 log = get_logger("nucseg.promote")
@@ -37,9 +38,12 @@ log = get_logger("nucseg.promote")
 # Order matters: on a DSB tie the candidate listed first wins, so tuning has to beat the
 # baseline, not merely match it.
 CANDIDATES = {"untuned": "models/untuned", "tuned": "models/tuned"}
+# Candidates whose package another stage scored on `test` and its shifted copies already.
+EVALUATED = {"untuned": "reports/eval_metrics.json"}
 
 
 def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATES,
+        packages_dir: str | Path = "models/packages", evaluated: Mapping[str, str | Path] = EVALUATED,
         split_path: str | Path = "artifacts/split.csv", samples_dir: str | Path = "artifacts/prepared",
         metrics_path: str | Path = "reports/promotion.json",
         report_path: str | Path = "reports/promotion.md",
@@ -53,20 +57,16 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
         client = mlflow.MlflowClient()
         name = config.REGISTERED_MODEL
         lineage = tracking.lineage_tags()
-        sources = {cand: read_run_info(Path(folder) / "run.json") for cand, folder in candidates.items()}
+        sources = {cand: read_run_info(Path(packages_dir) / f"{cand}.json") for cand in candidates}
         recipes = {cand: read_recipe(Path(folder) / "recipe.json") for cand, folder in candidates.items()}
         prepared_with = Recipe.from_params(params)  # how the test samples were prepared
-        calibration = int8_calibration(params, split_path, samples_dir)
-        val = load_split(split_path, samples_dir, ("val",), desc="promote: loading")["val"] if calibration else []
-        segmenters = {cand: package(client, run_id, uri, recipes[cand],
-                                    int8_check(calibration, val, recipes[cand], cand) if calibration else None)
-                      for cand, (run_id, uri) in sources.items()}
         samples = load_split(split_path, samples_dir, ("test",), desc="promote: loading")["test"]
         shifts = tuple(params["evaluate"]["shifts"])
-        scored = [Candidate(cand, run_id, segmenters[cand],
-                            score_model(segmenters[cand], samples, prepared_with, cand, shifts),
+        scored = [Candidate(cand, run_id, uri,
+                            evaluated_summary(evaluated.get(cand), uri, shifts)
+                            or score_model(uri, samples, prepared_with, cand, shifts),
                             best_val_loss(client, run_id), source_lineage(client, run_id, lineage), recipes[cand])
-                  for cand, (run_id, _) in sources.items()]
+                  for cand, (run_id, uri) in sources.items()]
         incumbent = current_champion(client, name, scored, samples, prepared_with, shifts)
         decision = decide({c.name: c.dsb for c in scored}, (incumbent.label, incumbent.dsb) if incumbent else None,
                           float(params["promote"]["margin"]))
@@ -109,15 +109,19 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
         return result
 
 
-def int8_calibration(params: dict[str, Any], split_path: str | Path, samples_dir: str | Path) -> list:
-    """The training crops an int8 network is calibrated on (`promote.int8_calibration_crops`;
-    none: no int8 network is offered)."""
-    count = int(params["promote"]["int8_calibration_crops"])
-    if count <= 0:
-        return []
-    images = [sample["image"] for sample in load_split(split_path, samples_dir, ("train",), labelled=(),
-                                                       desc="promote: loading")["train"]]
-    return calibration_crops(images, int(params["promote"]["int8_crop_size"]), count)
+def evaluated_summary(path: str | Path | None, model_uri: str, shifts: tuple[str, ...]) -> dict[str, Any] | None:
+    """The `test` summary (shifted copies included) another stage wrote of the package at
+    `model_uri` (`evaluate`'s metrics); None where none is on file for that package and those shifts."""
+    if path is None or not Path(path).exists():
+        return None
+    measured = json.loads(Path(path).read_text())
+    test = measured.get("test", {})
+    if measured.get("model_uri") != model_uri or set(test.get("shifted", {})) != set(shifts):
+        log.info("%s scored %s on shifts %s, not %s on %s: scoring it here", path, measured.get("model_uri"),
+                 sorted(test.get("shifted", {})), model_uri, sorted(shifts))
+        return None
+    log.info("%s: test DSB %.4f as %s measured it", model_uri, test["overall"]["dsb"], path)
+    return {**test, "shifted": {shift: test["shifted"][shift] for shift in shifts}}  # the order scoring gives
 
 
 def unseen_tags(path: str | Path) -> dict[str, Any]:
