@@ -53,8 +53,8 @@ def log_to_run(summaries: dict[str, dict[str, Any]], per_image: pd.DataFrame, sa
             mlflow.log_image(panel, f"overlays/{modality}/{image_id}.png")
 
 
-def run(params: dict[str, Any], package_path: str | Path = "models/packages/untuned.json", split_path: str | Path = "artifacts/split.csv",
-        samples_dir: str | Path = "artifacts/prepared", metrics_path: str | Path = "reports/eval_metrics.json",
+def run(params: dict[str, Any], package_path: str | Path = "models/packages/untuned.json",
+        split_path: str | Path = "artifacts/split.csv", samples_dir: str | Path = "artifacts/prepared", metrics_path: str | Path = "reports/eval_metrics.json",
         per_image_path: str | Path = "reports/eval_per_image.csv",
         per_modality_path: str | Path = "reports/eval_per_modality.csv",
         thresholds_path: str | Path = "reports/eval_thresholds.csv",

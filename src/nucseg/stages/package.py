@@ -1,7 +1,8 @@
-"""Stage `package` (one per trained network: `models/untuned`, `models/tuned`): the network becomes the segmenter
-users get, logged once into its training run (`mlops.packaging`): network and recipe, ONNX, and
-int8 where it keeps its `val` DSB (`package.int8_calibration_crops`). `models/packages/<name>.json`
-names the package; `evaluate`, `promote` and the registry use it, never the bare network."""
+"""Stage `package`, once per trained network (`models/untuned`, `models/tuned`): the network
+becomes the segmenter users get, logged once into its training run (`mlops.packaging`): network
+and recipe, ONNX, and int8 where it keeps its `val` DSB (`package.int8_calibration_crops`).
+`models/packages/<name>.json` names the package; `evaluate`, `promote` and the registry use it,
+never the bare network."""
 
 from __future__ import annotations
 
