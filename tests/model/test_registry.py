@@ -17,7 +17,8 @@ from skimage.draw import disk
 from nucseg import config, io
 from nucseg.mlops import registry
 from nucseg.mlops.logged_models import log_keras_model
-from nucseg.mlops.packaging import PackagingError
+from nucseg.core.data import load_split
+from nucseg.mlops.packaging import PackagingError, int8_check, package
 from nucseg.stages import package as package_stage
 from nucseg.stages import promote as promote_stage
 from nucseg.core.targets import targets_from_labels
@@ -357,3 +358,19 @@ def test_a_package_evaluate_scored_is_not_scored_again(world, promote, params, t
     io.write_json(evaluation, {"test": other_shifts, "model_uri": package})
     assert promote(untuned=world.good, tuned=world.bad,
                    evaluated={"untuned": evaluation})["candidates"]["untuned"]["dsb"] == 1.0
+
+
+def test_a_network_is_packaged_once_and_its_int8_check_built_only_then(world, params):
+    trained = _log(_unet(True), [0.3])  # a run nothing has packaged yet
+    recipe, built = Recipe.from_params(params), []
+
+    def int8_offer():
+        built.append(trained["run_id"])
+        loaded = load_split(world.split, world.samples, ("train", "val"), labelled=("val",))
+        return int8_check([s["image"] for s in loaded["train"]], loaded["val"], recipe, "twin", 4, 32)
+
+    client = mlflow.MlflowClient()
+    first = package(client, trained["run_id"], trained["network"], recipe, int8_offer)
+    again = package(client, trained["run_id"], trained["network"], recipe, int8_offer)
+    assert first == again and built == [trained["run_id"]]
+    assert package(client, trained["run_id"], trained["network"], recipe) != first  # float only: another package

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from nucseg import config
 from nucseg.config import get_logger
@@ -47,11 +47,9 @@ def read_recipe(path: Path) -> Recipe:
 
 
 def int8_check(train_images: list, val_samples: list[dict[str, Any]], recipe: Recipe, label: str,
-               crops: int, crop_size: int) -> Int8Check | None:
+               crops: int, crop_size: int) -> Int8Check:
     """An int8 network of `label` is calibrated on `crops` crops of the training images and must
-    keep its `val` DSB with `recipe`; None (float only) where `crops` is 0."""
-    if crops <= 0:
-        return None
+    keep its `val` DSB with `recipe`."""
 
     def dsb_of(network) -> float:
         per_image, _ = evaluate_model(network, val_samples, recipe, desc=f"package {label} int8 check: val")
@@ -60,10 +58,12 @@ def int8_check(train_images: list, val_samples: list[dict[str, Any]], recipe: Re
     return Int8Check(calibration_crops(train_images, crop_size, crops), dsb_of)
 
 
-def package(client, run_id: str, network_path: str | Path, recipe: Recipe, int8: Int8Check | None = None) -> str:
+def package(client, run_id: str, network_path: str | Path, recipe: Recipe,
+            int8_offer: Callable[[], Int8Check] | None = None) -> str:
     """URI of the segmenter (the network at `network_path` + `recipe`, and an int8 network where
-    `int8` keeps it) logged into the training run `run_id`. Logged once per network file, recipe
-    and int8 offer: a rerun finds it by its run tag and logs nothing new."""
+    the check `int8_offer()` builds keeps it) logged into the training run `run_id`. Logged once
+    per network file, recipe and int8 offer: a rerun finds it by its run tag, logs nothing new and
+    builds no int8 check."""
     import mlflow
 
     network_path = Path(network_path)
@@ -72,7 +72,7 @@ def package(client, run_id: str, network_path: str | Path, recipe: Recipe, int8:
     except OSError as err:
         raise PackagingError(f"{network_path}: cannot read the trained network ({err.strerror or err}); "
                              "run the stage that trains it first") from err
-    tag = f"segmenter.{digest}.{recipe_digest(recipe)}.{'int8' if int8 else 'float'}"
+    tag = f"segmenter.{digest}.{recipe_digest(recipe)}.{'int8' if int8_offer else 'float'}"
     try:
         existing = client.get_run(run_id).data.tags.get(tag)
     except Exception as err:  # noqa: BLE001 - a missing run or store: the run is what the user must fix
@@ -83,7 +83,7 @@ def package(client, run_id: str, network_path: str | Path, recipe: Recipe, int8:
         return existing
     network = load_keras(network_path)
     with mlflow.start_run(run_id=run_id):
-        uri = log_segmenter(network, recipe, int8=int8)
+        uri = log_segmenter(network, recipe, int8=int8_offer() if int8_offer else None)
         mlflow.set_tag(tag, uri)
     log.info("logged the segmenter of %s into run %s: %s", network_path, run_id, uri)
     return uri

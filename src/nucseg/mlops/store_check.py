@@ -12,9 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from nucseg.mlops.networks import TRAINED_NETWORKS, package_record
+
 # What each pipeline output names in the store, and the stage that logged it.
-RUN_RECORDS = {"train": "models/untuned/run.json", "tune": "models/tuned/run.json"}
-PACKAGE_RECORDS, PACKAGE_STAGE = ("models/packages/untuned.json", "models/packages/tuned.json"), "package"
+RUN_RECORDS = {trained.stage: f"{trained.directory}/run.json" for trained in TRAINED_NETWORKS.values()}
+PACKAGE_RECORDS, PACKAGE_STAGE = tuple(map(package_record, TRAINED_NETWORKS)), "package"
 PROMOTION_REPORT, PROMOTE_STAGE = "reports/promotion.json", "promote"
 
 

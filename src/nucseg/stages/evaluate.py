@@ -20,6 +20,7 @@ from nucseg.core.data import load_split
 from nucseg.core.evaluation import evaluate_model, evaluate_shifted, summarize, summarize_shifts, threshold_curve
 from nucseg.core.overlay import overlay_panel
 from nucseg.mlops import tracking
+from nucseg.mlops.networks import package_record
 from nucseg.mlops.packaging import read_run_info
 from nucseg.mlops.runs import stage_run
 from nucseg.mlops.segmenter_model import load_segmenter
@@ -53,8 +54,9 @@ def log_to_run(summaries: dict[str, dict[str, Any]], per_image: pd.DataFrame, sa
             mlflow.log_image(panel, f"overlays/{modality}/{image_id}.png")
 
 
-def run(params: dict[str, Any], package_path: str | Path = "models/packages/untuned.json",
-        split_path: str | Path = "artifacts/split.csv", samples_dir: str | Path = "artifacts/prepared", metrics_path: str | Path = "reports/eval_metrics.json",
+def run(params: dict[str, Any], package_path: str | Path = package_record("untuned"),
+        split_path: str | Path = "artifacts/split.csv", samples_dir: str | Path = "artifacts/prepared",
+        metrics_path: str | Path = "reports/eval_metrics.json",
         per_image_path: str | Path = "reports/eval_per_image.csv",
         per_modality_path: str | Path = "reports/eval_per_modality.csv",
         thresholds_path: str | Path = "reports/eval_thresholds.csv",

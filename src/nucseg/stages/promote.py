@@ -24,6 +24,7 @@ from nucseg.config import get_logger
 from nucseg.core.data import load_split
 from nucseg.core.segment import Recipe
 from nucseg.mlops import tracking
+from nucseg.mlops.networks import PACKAGES_DIR, TRAINED_NETWORKS
 from nucseg.mlops.packaging import read_recipe, read_run_info
 from nucseg.mlops.runs import stage_run
 from nucseg.mlops.promotion_report import promotion_markdown, promotion_table
@@ -35,15 +36,13 @@ from nucseg.mlops.registry import (Candidate, best_val_loss, current_champion, d
 log = get_logger("nucseg.promote")
 
 
-# Order matters: on a DSB tie the candidate listed first wins, so tuning has to beat the
-# baseline, not merely match it.
-CANDIDATES = {"untuned": "models/untuned", "tuned": "models/tuned"}
+CANDIDATES = {name: trained.directory for name, trained in TRAINED_NETWORKS.items()}  # on a DSB tie the first wins
 # Candidates whose package another stage scored on `test` and its shifted copies already.
 EVALUATED = {"untuned": "reports/eval_metrics.json"}
 
 
 def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATES,
-        packages_dir: str | Path = "models/packages", evaluated: Mapping[str, str | Path] = EVALUATED,
+        packages_dir: str | Path = PACKAGES_DIR, evaluated: Mapping[str, str | Path] = EVALUATED,
         split_path: str | Path = "artifacts/split.csv", samples_dir: str | Path = "artifacts/prepared",
         metrics_path: str | Path = "reports/promotion.json",
         report_path: str | Path = "reports/promotion.md",

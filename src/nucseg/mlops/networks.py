@@ -1,0 +1,23 @@
+"""The networks the pipeline trains: for each, the stage that trains it and its DVC output.
+`package`, `promote` and `store_check` all go through this one list.
+
+Order matters: on a DSB tie the candidate listed first wins promotion, so tuning has to beat
+the baseline, not merely match it."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Trained(NamedTuple):
+    stage: str
+    directory: str
+
+
+TRAINED_NETWORKS = {"untuned": Trained("train", "models/untuned"), "tuned": Trained("tune", "models/tuned")}
+PACKAGES_DIR = "models/packages"
+
+
+def package_record(name: str) -> str:
+    """Where the `package` stage names the segmenter it made of network `name`."""
+    return f"{PACKAGES_DIR}/{name}.json"
