@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pytest
 
 from conftest import BIN, ROOT, write_synthetic_prepared
 from nucseg import config, io
@@ -27,6 +28,7 @@ def network(bright: bool):
     return model
 
 
+@pytest.mark.slow
 def test_two_promotions_at_once_leave_one_consistent_champion(tmp_path, monkeypatch):
     import mlflow
 

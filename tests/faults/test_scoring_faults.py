@@ -81,6 +81,7 @@ def environment(store: Path) -> dict:
             "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
 
 
+@pytest.mark.slow
 def test_an_image_the_model_fails_on_is_reported_and_the_rest_scored(store, tmp_path, monkeypatch, default_params):
     monkeypatch.chdir(store)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
@@ -105,6 +106,7 @@ def limit_file_size(limit: int):
     return apply
 
 
+@pytest.mark.slow
 def test_disk_full_during_score_leaves_no_stale_table_and_no_half_file(store, tmp_path, monkeypatch, default_params):
     images, out = tmp_path / "images", tmp_path / "out"
     images.mkdir()

@@ -228,6 +228,7 @@ def _versions() -> dict[str, int]:
     return {v.tags["candidate"]: int(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name='{NAME}'")}
 
 
+@pytest.mark.slow
 def test_better_tuned_model_is_champion_and_rerun_is_idempotent(world, promote, tmp_path):
     result = promote(untuned=world.bad, tuned=world.good)
 
@@ -298,6 +299,7 @@ def test_worse_tuned_model_is_challenger(world, promote):
     assert result["champion"] == "untuned" and "untuned has the better test DSB" in result["reason"]
 
 
+@pytest.mark.slow
 def test_an_earlier_champion_keeps_its_alias_within_the_margin(world, promote):
     promote(untuned=world.good_twin, tuned=world.bad)
     earlier = _aliases()["champion"]
@@ -336,6 +338,7 @@ def test_failed_promotion_leaves_the_champion_where_it_was(world, promote, param
     assert len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'")) == count
 
 
+@pytest.mark.slow
 def test_a_package_evaluate_scored_is_not_scored_again(world, promote, params, tmp_path):
     shifts = params["evaluate"]["shifts"]
     scored = promote(untuned=world.good, tuned=world.bad)

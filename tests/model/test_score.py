@@ -304,6 +304,7 @@ def test_unset_alias_is_a_clear_model_unavailable(tracked, score_params, tmp_pat
 
 # ---- CLI ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_score_exits_1_naming_the_bad_file_and_0_when_all_are_good(tracked, score_params, tmp_path):
     params_file = _params_file(tmp_path / "params.yaml", score_params)
     _write_good_images(tmp_path / "good")

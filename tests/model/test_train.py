@@ -39,6 +39,7 @@ def test_train_logs_run_and_model_loads_back_identically(tiny_params, synthetic_
     np.testing.assert_array_equal(logged.predict_on_batch(image), local.predict_on_batch(image))
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_in_the_same_run(tiny_params, synthetic_prepared, mlflow_store, tmp_path,
                                                       monkeypatch):
     import pandas as pd
@@ -72,6 +73,7 @@ def test_interrupted_training_resumes_in_the_same_run(tiny_params, synthetic_pre
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_resume_follows_the_budget_and_restarts_on_other_settings(tiny_params, synthetic_prepared, mlflow_store,
                                                                    tmp_path, monkeypatch, caplog):
     original = MlflowLive.on_epoch_end
@@ -99,6 +101,7 @@ def test_resume_follows_the_budget_and_restarts_on_other_settings(tiny_params, s
     assert json.loads((tmp_path / "models" / "run.json").read_text())["run_id"] != second
 
 
+@pytest.mark.slow
 def test_clock_cap_is_opt_in_and_labels_the_run_it_cuts(tiny_params, synthetic_prepared, mlflow_store, tmp_path):
     tiny_params["train"].update(epochs=3, max_minutes=0)  # 0: no cap
     uncapped = run_train(tiny_params, synthetic_prepared, tmp_path)

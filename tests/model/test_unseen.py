@@ -22,6 +22,7 @@ def two_types(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_fold_scores_only_the_types_it_held_out(two_types, tiny_params, mlflow_store, tmp_path):
     tiny_params["unseen"].update(epochs=1, folds=[["histology"], ["brightfield 1024x1024"]])
     summary = unseen.run(tiny_params, two_types / "split.csv", two_types / "prepared",
