@@ -177,3 +177,13 @@ def test_stage_that_records_the_data_version_depends_on_the_data(name):
     modules = closure(command_roots(stage["cmd"].split()[1]))
     if modules & READS_DATA_VERSION:
         assert "data" in stage["deps"], f"stage {name} records the data version but does not list `data` in its deps"
+
+
+def test_the_package_stage_packages_every_trained_network_and_depends_on_its_output():
+    from nucseg.mlops.networks import TRAINED_NETWORKS
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert stages["package"]["foreach"] == list(TRAINED_NETWORKS)
+    for name, trained in TRAINED_NETWORKS.items():
+        assert trained.directory in stages[trained.stage]["outs"], f"{trained.stage} does not make {trained.directory}"
+        assert trained.directory in stages["promote"]["deps"], f"promote does not depend on {trained.directory}"
