@@ -184,6 +184,6 @@ def test_the_package_stage_packages_every_trained_network_and_depends_on_its_out
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert stages["package"]["foreach"] == list(TRAINED_NETWORKS)
-    for name, trained in TRAINED_NETWORKS.items():
+    for trained in TRAINED_NETWORKS.values():
         assert trained.directory in stages[trained.stage]["outs"], f"{trained.stage} does not make {trained.directory}"
         assert trained.directory in stages["promote"]["deps"], f"promote does not depend on {trained.directory}"
