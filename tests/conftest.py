@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,9 @@ import yaml
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The stages' maps cache (core.maps_cache) in a folder of the tests' own, not the project's.
+_MAPS_CACHE = tempfile.TemporaryDirectory(prefix="nucseg-test-maps-")
+os.environ.setdefault("NUCSEG_MAPS_CACHE", _MAPS_CACHE.name)
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_TRAIN = ROOT / "data" / "stage1_train"

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from nucseg import config
 from nucseg.config import get_logger
+from nucseg.core import maps_cache
 from nucseg.core.evaluation import evaluate_model, summarize
 from nucseg.core.runtime import calibration_crops, load_keras
 from nucseg.core.segment import Recipe
@@ -52,7 +53,9 @@ def int8_check(train_images: list, val_samples: list[dict[str, Any]], recipe: Re
     keep its `val` DSB with `recipe`."""
 
     def dsb_of(network) -> float:
+        network = maps_cache.cached(network)  # `evaluate` scores `val` with the network kept
         per_image, _ = evaluate_model(network, val_samples, recipe, desc=f"package {label} int8 check: val")
+        log.info("package %s int8 check: %s", label, network.summary())
         return summarize(per_image)["overall"]["dsb"]
 
     return Int8Check(calibration_crops(train_images, crop_size, crops), dsb_of)

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 from nucseg import config
 from nucseg.config import get_logger
+from nucseg.core import maps_cache
 from nucseg.core.evaluation import evaluate_model, evaluate_shifted, summarize, summarize_shifts
 from nucseg.core.preprocess import preprocessing
 from nucseg.core.quality import measure_levels
@@ -189,12 +190,13 @@ def score_model(model_uri: str, samples: list[dict[str, Any]], prepared_with: Re
         raise PromotionError(f"{model_uri} ({label}) preprocesses images as {own}, the prepared "
                              f"test images were made with {prepared}: run `prepare` with its "
                              "settings to compare it")
+    network = maps_cache.cached(network)  # a rerun of `promote` scores the same maps again
     per_image, _ = evaluate_model(network, samples, recipe, desc=f"promote {label}")
     summary = summarize(per_image)
     if shifts:
         summary["shifted"] = summarize_shifts(evaluate_shifted(network, samples, recipe, tuple(shifts),
                                                                desc=f"promote {label}"))
-    log.info("%s (%s): test DSB %.4f", label, model_uri, summary["overall"]["dsb"])
+    log.info("%s (%s): test DSB %.4f; %s", label, model_uri, summary["overall"]["dsb"], network.summary())
     return summary
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 from nucseg import io
 from nucseg.config import get_logger
 from nucseg.core.data import load_split
+from nucseg.core import maps_cache
 from nucseg.core.evaluation import evaluate_model, evaluate_shifted, summarize, summarize_shifts, threshold_curve
 from nucseg.core.overlay import overlay_panel
 from nucseg.mlops import tracking
@@ -67,6 +68,7 @@ def run(params: dict[str, Any], package_path: str | Path = package_record("untun
     run_id, model_uri = read_run_info(Path(package_path))
     mlflow.MlflowClient().get_run(run_id)  # a store without the training run fails now, not after the work
     model, recipe = load_segmenter(model_uri)  # its own runtime and thresholds
+    model = maps_cache.cached(model)  # `package` met `val` with it already
     samples = load_split(split_path, samples_dir, ("val", "test"), desc="evaluate: loading")
     results = {split: evaluate_model(model, part, recipe, desc=f"evaluate {split}") for split, part in samples.items()}
     summaries = {split: summarize(per_image) for split, (per_image, _) in results.items()}
@@ -84,6 +86,7 @@ def run(params: dict[str, Any], package_path: str | Path = package_record("untun
         log_to_run(summaries, test, samples["test"], predictions, params,
                    {"per_image": per_image_path, "per_modality": per_modality_path, "thresholds": thresholds_path,
                     "shifted": shifted_path})
+    log.info("evaluate: %s", model.summary())
     log.info("DSB: val %.4f, test %.4f; test per modality %s; shifted test copies %s", summaries["val"]["overall"]["dsb"],
              summaries["test"]["overall"]["dsb"], {m: v["dsb"] for m, v in summaries["test"]["per_modality"].items()},
              {shift: v["dsb"] for shift, v in summaries["test"]["shifted"].items()})
