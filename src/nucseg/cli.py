@@ -48,7 +48,7 @@ def _fail_if_missing_from_store(err: Exception) -> None:
         what = (err.message or str(err)).splitlines()[0].rstrip(".")
         _fail(f"{what} in the MLflow tracking store {config.tracking_uri()}, which is not the store the earlier "
               "stages logged to. Point MLFLOW_TRACKING_URI at that store, or rebuild what this stage reads: "
-              "`dvc repro -f train tune` (then `dvc repro` runs the rest).")
+              "`dvc repro -s -f train tune` (then `dvc repro` runs the rest).")
 
 
 @contextmanager

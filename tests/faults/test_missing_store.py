@@ -37,7 +37,7 @@ def test_evaluate_against_a_store_without_the_training_run_says_how_to_rebuild(t
     result = CliRunner().invoke(app, ["evaluate", "--params", str(tmp_path / "params.yaml")])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert missing in result.output and f"sqlite:///{tmp_path}/fresh.db" in result.output
-    assert "dvc repro -f train tune" in result.output and "Traceback" not in result.output
+    assert "dvc repro -s -f train tune" in result.output and "Traceback" not in result.output
 
 
 def write_records(root, run_id, model_uri, version):
@@ -80,9 +80,9 @@ def test_the_store_check_finds_what_the_outputs_name_and_names_what_is_gone(tmp_
     assert message.startswith(f"the MLflow store sqlite:///other.db lacks what the pipeline logged there: run "
                               f"{run.info.run_id} (models/untuned/run.json, stage train);")
     assert f"registered version nucseg-unet v{version} (reports/promotion.json, stage promote)" in message
-    assert message.endswith("`dvc repro -f train tune`, then `dvc repro`.")
-    assert store_check.rebuild_message("s", absent[-1:]).endswith("`dvc repro -f promote`, then `dvc repro`.")
-    assert store_check.rebuild_message("s", absent[4:]).endswith("`dvc repro -f package promote`, then `dvc repro`.")
+    assert message.endswith("`dvc repro -s -f train tune`, then `dvc repro`.")
+    assert store_check.rebuild_message("s", absent[-1:]).endswith("`dvc repro -s -f promote`, then `dvc repro`.")
+    assert store_check.rebuild_message("s", absent[4:]).endswith("`dvc repro -s -f package promote`, then `dvc repro`.")
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/deleted.db")  # a store that is not there
     result = CliRunner().invoke(app, ["check-store", "--params", str(ROOT / "params.yaml")])

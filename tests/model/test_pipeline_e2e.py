@@ -98,7 +98,7 @@ def test_a_lost_mlflow_store_is_named_with_what_to_rebuild(pipeline):
     assert repro.returncode != 0 and "Traceback" not in output
     assert f"the MLflow store sqlite:///{store} lacks what the pipeline logged there: run " in output
     assert "(models/untuned/run.json, stage train)" in output and "stage promote" in output
-    assert "`dvc repro -f train tune`, then `dvc repro`" in output
+    assert "`dvc repro -s -f train tune`, then `dvc repro`" in output
 
 
 @pytest.fixture(scope="module")

@@ -117,5 +117,5 @@ def _unavailable(model_uri: str):
         reason = (getattr(err, "message", "") or str(err) or type(err).__name__).splitlines()[0].rstrip(".")
         raise ModelUnavailable(
             f"cannot load model {model_uri}: {reason}. "
-            "Register and promote a model with `dvc repro promote` (`dvc repro -f promote` where DVC says it is "
+            "Register and promote a model with `dvc repro promote` (`dvc repro -s -f promote` where DVC says it is "
             "up to date: this tracking store is not the one it registered into), or pass another --model-uri.") from err

@@ -59,11 +59,12 @@ def missing(client, records: list[tuple[str, str, str, Any]]) -> list[tuple[str,
 
 
 def rebuild_message(uri: str, absent: list[tuple[str, str, str, Any]]) -> str:
-    """One paragraph: what is missing from which store, and the `dvc repro -f` that makes it again."""
+    """One paragraph: what is missing from which store, and the `dvc repro -s -f` that makes it again
+    (`-s`: those stages alone; a bare `-f` would rerun everything above them too, trainings included)."""
     stages = sorted({stage for stage, *_ in absent}, key=[*RUN_RECORDS, PACKAGE_STAGE, PROMOTE_STAGE].index)
     if set(stages) & set(RUN_RECORDS):
         stages = [*RUN_RECORDS]  # new runs give new models, which promotion must register again
     items = "; ".join(f"{kind} {value if kind != 'registered version' else '%s v%s' % value} ({file}, stage {stage})"
                       for stage, file, kind, value in absent)
     return (f"the MLflow store {uri} lacks what the pipeline logged there: {items}. Point MLFLOW_TRACKING_URI at the "
-            f"store these stages logged to, or rebuild them: `dvc repro -f {' '.join(stages)}`, then `dvc repro`.")
+            f"store these stages logged to, or rebuild them: `dvc repro -s -f {' '.join(stages)}`, then `dvc repro`.")
