@@ -44,6 +44,8 @@ from nucseg.core.evaluation import evaluate_model, summarize
 from nucseg.core.metrics import dsb_score
 from nucseg.core.segment import Recipe, segment
 from nucseg.mlops import tracking
+from nucseg.mlops.networks import package_record
+from nucseg.mlops.packaging import read_recipe
 
 STEPS = ("baseline", "gap_target", "inputs", "augment", "thresholds", "tta", "pipeline")
 PIPELINE_MODEL = Path("models/untuned")
@@ -142,8 +144,27 @@ def prepared_dir(params: dict) -> Path:
     return folder / "samples"
 
 
+def store_recipe(model, params: dict, model_dir: Path, run_id: str | None, run_name: str | None = None) -> str:
+    """The network's recipe as the `package` stage chooses it (params' thresholds where the step's
+    `postprocess.search` is empty), in `model_dir/recipe.json` and in the run."""
+    import mlflow
+
+    from nucseg.core.calibration import chosen_recipe
+    from nucseg.mlops.logged_models import log_recipe
+
+    samples = load_split("artifacts/split.csv", prepared_dir(params), ("train", "val"))
+    recipe, table, chosen = chosen_recipe(model, params, samples["train"], samples["val"],
+                                          desc=f"ablation {model_dir}: thresholds")
+    io.atomic_write_text(model_dir / "recipe.json", recipe.to_json())
+    with mlflow.start_run(run_id=run_id, run_name=run_name) as run:
+        log_recipe(recipe, table, chosen)
+    return run.info.run_id
+
+
 def train_step(params: dict, step: str, epochs: int) -> tuple[str, Path]:
-    """Train the step's network; (its MLflow run, its model folder)."""
+    """Train the step's network and choose its recipe; (its MLflow run, its model folder)."""
+    import keras
+
     from nucseg.stages import train
 
     p = copy.deepcopy(params)
@@ -153,7 +174,9 @@ def train_step(params: dict, step: str, epochs: int) -> tuple[str, Path]:
     train.run(p, split_path="artifacts/split.csv", samples_dir=samples, model_dir=model_dir,
               metrics_path=WORK / step / "train_metrics.json", history_path=WORK / step / "history.csv",
               work_dir=WORK / step / "checkpoints")
-    return json.loads((model_dir / "run.json").read_text())["run_id"], model_dir
+    run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
+    store_recipe(keras.saving.load_model(model_dir / "model.keras", compile=False), p, model_dir, run_id)
+    return run_id, model_dir
 
 
 def score_step(step: str, params: dict, model_dir: Path, raw: list[dict], run_id: str | None,
@@ -162,7 +185,8 @@ def score_step(step: str, params: dict, model_dir: Path, raw: list[dict], run_id
     import keras
     import mlflow
 
-    recipe = Recipe.from_dict(json.loads((model_dir / "recipe.json").read_text()))
+    recipe = read_recipe(package_record("untuned")) if model_dir == PIPELINE_MODEL \
+        else Recipe.from_dict(json.loads((model_dir / "recipe.json").read_text()))
     if step == "tta":
         recipe = dataclasses.replace(recipe, tta=params["inference"]["tta"])
     model = keras.saving.load_model(model_dir / "model.keras", compile=False)
@@ -195,9 +219,6 @@ def main() -> None:
     import keras
     import mlflow
 
-    from nucseg.core.training import choose_recipe
-    from nucseg.mlops.logged_models import log_recipe
-
     tracking.setup()
     params = load_params()
     raw = raw_test_images("artifacts/split.csv", "artifacts/manifest.csv")
@@ -214,11 +235,9 @@ def main() -> None:
             model_dir.mkdir(parents=True, exist_ok=True)
             if step == "thresholds":
                 model = keras.saving.load_model(base_dir / "model.keras", compile=False)
-                samples = load_split("artifacts/split.csv", prepared_dir(p), ("train", "val"))
-                with mlflow.start_run(run_name="ablation-thresholds") as run:
-                    log_recipe(model_dir, *choose_recipe(model, p, samples["train"], samples["val"], model_dir))
+                run_id = store_recipe(model, p, model_dir, None, run_name="ablation-thresholds")
                 model.save(model_dir / "model.keras")
-                rows.append(score_step(step, p, model_dir, raw, run.info.run_id, base_run))
+                rows.append(score_step(step, p, model_dir, raw, run_id, base_run))
             else:
                 rows.append(score_step(step, p, WORK / "thresholds" / "model", raw, None, base_run))
             continue

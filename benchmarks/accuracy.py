@@ -30,12 +30,13 @@ def main() -> None:
         from nucseg.core.data import load_split
         from nucseg.core.evaluation import evaluate_model, summarize
 
-        from nucseg.core.segment import Recipe
+        from nucseg.mlops.networks import package_record
+        from nucseg.mlops.packaging import read_recipe
 
         model = keras.saving.load_model("models/untuned/model.keras", compile=False)
         for split in ("val", "test"):
             samples = load_split("artifacts/split.csv", "artifacts/prepared", (split,))[split]
-            recipe = Recipe.from_dict(json.loads(Path("models/untuned/recipe.json").read_text()))
+            recipe = read_recipe(package_record("untuned"))  # the thresholds `package` chose
             per_image, _ = evaluate_model(model, samples, recipe, desc=f"benchmark {split}")
             show(f"untuned network, Keras, on {split} (recomputed)", summarize(per_image))
     else:

@@ -2,7 +2,7 @@
 (rescaled ×0.25–×4, darker, brighter, noisier), with each copy's DSB as a share of the unscaled
 one, and what the size estimate costs.
 
-    python benchmarks/scale.py [--model models/untuned] [--on val|test] [--images N] [--shifts x2,x3]
+    python benchmarks/scale.py [--network untuned|tuned] [--on val|test] [--images N] [--shifts x2,x3]
                                [--no-rescale] [--band 0.75,1.3]
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -20,13 +19,16 @@ import keras
 from nucseg.core.data import load_split
 from nucseg.core.evaluation import evaluate_model, evaluate_shifted, summarize_shifts
 
-from nucseg.core.segment import Recipe, probability_maps, size_of
+from nucseg.core.segment import probability_maps, size_of
 from nucseg.core.shifts import SHIFTS
+from nucseg.mlops.networks import TRAINED_NETWORKS, package_record
+from nucseg.mlops.packaging import read_recipe
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models/untuned")
+    parser.add_argument("--network", default="untuned", choices=tuple(TRAINED_NETWORKS),
+                        help="a trained network, with the recipe its `package` stage chose")
     parser.add_argument("--split", default="artifacts/split.csv")
     parser.add_argument("--samples", default="artifacts/prepared")
     parser.add_argument("--on", default="test", choices=("val", "test"), help="the split whose copies are scored "
@@ -36,9 +38,9 @@ def main() -> None:
     parser.add_argument("--no-rescale", action="store_true", help="the same model without the scale handling")
     parser.add_argument("--band", help="low,high: try another size band (x the training diameter)")
     args = parser.parse_args()
-    model_dir = Path(args.model)
+    model_dir = Path(TRAINED_NETWORKS[args.network].directory)
     model = keras.saving.load_model(model_dir / "model.keras", compile=False)
-    recipe = Recipe.from_dict(json.loads((model_dir / "recipe.json").read_text()))
+    recipe = read_recipe(package_record(args.network))
     if args.no_rescale:
         recipe = dataclasses.replace(recipe, rescale=False)
     if args.band:

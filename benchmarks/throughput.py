@@ -2,7 +2,7 @@
 
 Run from the project root after `dvc repro prepare`:  python benchmarks/throughput.py
 Prints numbers; asserts nothing. Uses the default params (model, crops, batch size, workers) and
-the model's own recipe (`recipe.json` beside it; the params' without one), timed with each TTA and
+the untuned network's recipe (as its `package` stage chose it; the params' without one), timed with each TTA and
 with nuclei brought to the training size (`rescale` of the recipe) and without.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from nucseg.core.augment import AugmentConfig  # noqa: E402
 from nucseg.core.data import CropDataset, load_samples  # noqa: E402
 from nucseg.core.segment import TTA_VIEWS, Recipe, segment_prepared, segmentation_maps  # noqa: E402
 from nucseg.core.training import build_model  # noqa: E402
+from nucseg.mlops.networks import package_record  # noqa: E402
+from nucseg.mlops.packaging import read_recipe  # noqa: E402
 
 
 def training_throughput(params: dict, samples: list[dict], steps: int) -> float:
@@ -74,8 +75,8 @@ def main() -> None:
     val_ids = split.loc[split["split"] == "val", "id"].head(args.images)
     images = [s["image"] for s in
               load_samples([Path("artifacts/prepared") / f"{i}.npz" for i in val_ids], desc="benchmark: loading")]
-    stored = args.model.parent / "recipe.json"
-    base = Recipe.from_dict(json.loads(stored.read_text())) if stored.exists() else Recipe.from_params(params)
+    stored = package_record("untuned")
+    base = read_recipe(stored) if stored.exists() else Recipe.from_params(params)
     settings = [(tta, rescale) for rescale in dict.fromkeys((base.rescale, False)) for tta in args.tta.split(",")]
     for tta, rescale in settings:
         recipe = dataclasses.replace(base, tta=tta, rescale=rescale)

@@ -179,11 +179,15 @@ def test_stage_that_records_the_data_version_depends_on_the_data(name):
         assert "data" in stage["deps"], f"stage {name} records the data version but does not list `data` in its deps"
 
 
-def test_the_package_stage_packages_every_trained_network_and_depends_on_its_output():
-    from nucseg.mlops.networks import TRAINED_NETWORKS
+def test_the_package_stage_packages_every_trained_network_and_promote_weighs_every_package():
+    from nucseg.mlops.networks import TRAINED_NETWORKS, package_record, thresholds_table
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert stages["package"]["foreach"] == list(TRAINED_NETWORKS)
-    for trained in TRAINED_NETWORKS.values():
+    package = stages["package"]
+    assert package["foreach"] == list(TRAINED_NETWORKS)
+    assert "models/${item}" in package["do"]["deps"]
+    outs = package["do"]["outs"]
+    for name, trained in TRAINED_NETWORKS.items():
         assert trained.directory in stages[trained.stage]["outs"], f"{trained.stage} does not make {trained.directory}"
-        assert trained.directory in stages["promote"]["deps"], f"promote does not depend on {trained.directory}"
+        assert str(package_record("${item}")) in outs and str(thresholds_table("${item}")) in outs
+        assert str(package_record(name)) in stages["promote"]["deps"], f"promote does not depend on {name}'s package"

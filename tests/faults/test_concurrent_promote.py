@@ -32,8 +32,6 @@ def network(bright: bool):
 def test_two_promotions_at_once_leave_one_consistent_champion(tmp_path, monkeypatch):
     import mlflow
 
-    from nucseg.config import load_params
-    from nucseg.core.segment import Recipe
     from nucseg.mlops import tracking
     from nucseg.mlops.logged_models import log_keras_model
 
@@ -48,8 +46,6 @@ def test_two_promotions_at_once_leave_one_consistent_champion(tmp_path, monkeypa
             mlflow.log_metric("val_loss", 0.5)
             io.write_json(tmp_path / "models" / kind / "run.json",
                           {"run_id": active.info.run_id, "model_uri": log_keras_model(network(bright))})
-            io.atomic_write_text(tmp_path / "models" / kind / "recipe.json",
-                                 Recipe.from_params(load_params(ROOT / "params.yaml")).to_json())
             network(bright).save(tmp_path / "models" / kind / "model.keras")
 
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": uri}

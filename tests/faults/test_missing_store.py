@@ -11,7 +11,6 @@ from conftest import ROOT, write_synthetic_prepared
 from nucseg import io
 from nucseg.cli import app
 from nucseg.config import load_params
-from nucseg.core.segment import Recipe
 
 
 def test_evaluate_against_a_store_without_the_training_run_says_how_to_rebuild(tmp_path, monkeypatch):
@@ -26,7 +25,6 @@ def test_evaluate_against_a_store_without_the_training_run_says_how_to_rebuild(t
     models = tmp_path / "models" / "untuned"
     models.mkdir(parents=True)
     network.save(models / "model.keras")
-    io.atomic_write_text(models / "recipe.json", Recipe.from_params(params).to_json())
     missing = "0" * 32
     io.write_json(models / "run.json", {"run_id": missing, "model_uri": f"runs:/{missing}/model"})
     io.write_json(tmp_path / "models" / "packages" / "untuned.json", {"run_id": missing,

@@ -206,12 +206,11 @@ def promote(world, params, tmp_path):
     def _promote(untuned: dict, tuned: dict, evaluated: dict | None = None) -> dict:
         for kind, info in (("untuned", untuned), ("tuned", tuned)):
             io.write_json(tmp_path / kind / "run.json", info)
-            io.atomic_write_text(tmp_path / kind / "recipe.json", Recipe.from_params(params).to_json())
             (tmp_path / kind / "model.keras").write_bytes(Path(info["network"]).read_bytes())
         for kind, folder in trained.items():
             package_stage.run(params, kind, folder, split_path=world.split, samples_dir=world.samples,
                               output_dir=tmp_path / "packages")
-        return promote_stage.run(params, candidates=trained, packages_dir=tmp_path / "packages",
+        return promote_stage.run(params, candidates=list(trained), packages_dir=tmp_path / "packages",
                                  evaluated=evaluated or {}, split_path=world.split, samples_dir=world.samples,
                                  metrics_path=tmp_path / "reports" / "promotion.json",
                                  report_path=tmp_path / "reports" / "promotion.md")
@@ -317,9 +316,10 @@ def test_failed_promotion_leaves_the_champion_where_it_was(world, promote, param
     missing_uri = "models:/m-0000000000000000000000000000dead"
     trained, packages = {"untuned": tmp_path / "untuned", "tuned": tmp_path / "tuned"}, tmp_path / "packages"
 
-    io.write_json(packages / "tuned.json", {**world.good, "model_uri": missing_uri})  # a package the store lacks
+    record = json.loads((packages / "tuned.json").read_text())
+    io.write_json(packages / "tuned.json", {**record, "model_uri": missing_uri})  # a package the store lacks
     with pytest.raises(registry.PromotionError, match=missing_uri):
-        promote_stage.run(params, candidates=trained, packages_dir=packages, evaluated={}, split_path=world.split,
+        promote_stage.run(params, candidates=list(trained), packages_dir=packages, evaluated={}, split_path=world.split,
                           samples_dir=world.samples, metrics_path=tmp_path / "reports" / "promotion.json",
                           report_path=tmp_path / "reports" / "promotion.md")
     assert _aliases() == before
@@ -328,12 +328,12 @@ def test_failed_promotion_leaves_the_champion_where_it_was(world, promote, param
     with pytest.raises(PackagingError, match="0" * 32):
         promote(untuned=world.good_twin, tuned={**world.good, "run_id": "0" * 32})
 
-    (tmp_path / "tuned" / "recipe.json").unlink()
-    with pytest.raises(PackagingError, match=re.escape(str(tmp_path / "tuned" / "recipe.json"))):
-        promote_stage.run(params, candidates=trained, packages_dir=packages)
+    io.write_json(packages / "tuned.json", {key: value for key, value in record.items() if key != "recipe"})
+    with pytest.raises(PackagingError, match=re.escape(str(packages / "tuned.json")) + ".*recipe"):
+        promote_stage.run(params, candidates=list(trained), packages_dir=packages)
     (packages / "tuned.json").unlink()
     with pytest.raises(PackagingError, match=re.escape(str(packages / "tuned.json"))):
-        promote_stage.run({}, candidates=trained, packages_dir=packages)
+        promote_stage.run({}, candidates=list(trained), packages_dir=packages)
     assert _aliases() == before
     assert len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'")) == count
 

@@ -3,7 +3,8 @@ its best DSB on `val`.
 
 The network runs once per image (at the recipe's working scale); each candidate only re-runs the
 watershed and the metric (seconds), so every trained model gets its own thresholds, stored in its
-recipe.
+recipe. The `package` stage chooses them, not the training: a post-processing change then costs
+a search over kept maps, not a training.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from nucseg.core import metrics
+from nucseg.core.data import training_diameter
 from nucseg.core.segment import Recipe, in_image_pixels, labels_of_maps, segmentation_maps
 
 SEARCHABLE = ("fg_threshold", "marker_threshold", "border_threshold", "min_marker_area", "min_object_area")
@@ -84,3 +86,17 @@ def search_recipe(model, samples: Sequence[dict[str, Any]], recipe: Recipe, grid
     best, table = coordinate_search(score, {name: list(options) for name, options in grid.items()}, start, max_rounds)
     progress.close()
     return dataclasses.replace(recipe, **best), table
+
+
+def chosen_recipe(model, params: Mapping[str, Any], train: Sequence[dict[str, Any]], val: Sequence[dict[str, Any]],
+                  desc: str = "thresholds") -> tuple[Recipe, pd.DataFrame, dict[str, float]]:
+    """The recipe of a network trained on `train`: params' `prepare`, `inference` and
+    `postprocess`, the nucleus size it learnt (`train`'s median), and the thresholds of
+    `postprocess.search` that score best on the `val` images (with their labels). Returns it with
+    every candidate scored and val DSB under the params' thresholds and under the chosen ones."""
+    grid = params["postprocess"].get("search") or {}
+    trained_at = dataclasses.replace(Recipe.from_params(params), nucleus_diameter=training_diameter(train))
+    recipe, table = search_recipe(model, val, trained_at, grid, max_rounds=int(params["postprocess"]["search_rounds"]),
+                                  desc=desc)
+    return recipe, table, {"val_dsb_params_thresholds": float(table.loc[table["candidate"] == 0, "dsb"].iloc[0]),
+                           "val_dsb": float(table["dsb"].iloc[0])}

@@ -14,7 +14,6 @@ machine would have trained a different model.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import time
@@ -31,31 +30,9 @@ log = get_logger("nucseg.train")
 import keras  # noqa: E402 - after config has set the backend
 
 from nucseg.core import resume  # noqa: E402
-from nucseg.core.calibration import search_recipe  # noqa: E402
-from nucseg.core.data import CropDataset, training_diameter, validation_crops_from_params  # noqa: E402
+from nucseg.core.data import CropDataset, validation_crops_from_params  # noqa: E402
 from nucseg.core.losses import PixelDice, PixelIoU, bce_dice_loss  # noqa: E402
-from nucseg.core.segment import Recipe  # noqa: E402
 from nucseg.core.unet import build_unet  # noqa: E402
-
-
-def choose_recipe(model: keras.Model, params: dict[str, Any], train: list[dict[str, Any]], val: list[dict[str, Any]],
-                  model_dir: Path) -> tuple[Recipe, dict[str, float]]:
-    """Search the post-processing thresholds on the `val` images (with their labels;
-    `postprocess.search`) for the network at the nucleus size it learnt on `train`, and store the
-    recipe beside the model (`recipe.json`, every candidate in `thresholds.csv`); returns it with
-    val DSB under the params' thresholds and under the chosen ones."""
-    grid = params["postprocess"].get("search") or {}
-    trained_at = dataclasses.replace(Recipe.from_params(params), nucleus_diameter=training_diameter(train))
-    recipe, table = search_recipe(model, val, trained_at, grid, max_rounds=int(params["postprocess"]["search_rounds"]),
-                                  desc=f"{model_dir}: thresholds on val")
-    io.atomic_write_text(model_dir / "recipe.json", recipe.to_json())
-    io.write_csv(model_dir / "thresholds.csv", table.round(5))
-    result = {"val_dsb_params_thresholds": float(table.loc[table["candidate"] == 0, "dsb"].iloc[0]),
-              "val_dsb": float(table["dsb"].iloc[0])}
-    log.info("%s: thresholds chosen on val: %s (val DSB %.4f, %.4f with the params' thresholds, %d candidates)",
-             model_dir, {k: getattr(recipe, k) for k in grid},
-             result["val_dsb"], result["val_dsb_params_thresholds"], len(table))
-    return recipe, result
 
 
 def build_model(model_cfg: dict[str, Any], train_cfg: dict[str, Any]) -> keras.Model:

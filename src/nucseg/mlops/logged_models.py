@@ -108,15 +108,20 @@ def serving_requirements(onnx: bool = False) -> list[str]:
     return pins
 
 
-def log_recipe(model_dir: Path, recipe, chosen: dict[str, float]) -> None:
-    """The recipe `training.choose_recipe` stored beside the model, into the active run: val DSB
-    as metrics, each setting as a `recipe.` tag, the files as artifacts."""
+def log_recipe(recipe, thresholds, chosen: dict[str, float]) -> None:
+    """A network's recipe (`calibration.chosen_recipe`) into the active run: val DSB as metrics,
+    each setting as a `recipe.` tag, the recipe and every threshold candidate as artifacts."""
+    import tempfile
+
     import mlflow
 
     mlflow.log_metrics(chosen)
     mlflow.set_tags({f"recipe.{key}": str(value) for key, value in recipe.to_dict().items()})
-    mlflow.log_artifact(str(model_dir / "recipe.json"))
-    mlflow.log_artifact(str(model_dir / "thresholds.csv"), "evaluation")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "recipe.json").write_text(recipe.to_json())
+        thresholds.round(5).to_csv(Path(tmp) / "thresholds.csv", index=False)
+        mlflow.log_artifact(str(Path(tmp) / "recipe.json"))
+        mlflow.log_artifact(str(Path(tmp) / "thresholds.csv"), "evaluation")
 
 
 def log_training_curves(model_dir: Path) -> None:

@@ -6,6 +6,7 @@ the baseline, not merely match it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 
@@ -18,6 +19,11 @@ TRAINED_NETWORKS = {"untuned": Trained("train", "models/untuned"), "tuned": Trai
 PACKAGES_DIR = "models/packages"
 
 
-def package_record(name: str) -> str:
-    """Where the `package` stage names the segmenter it made of network `name`."""
-    return f"{PACKAGES_DIR}/{name}.json"
+def package_record(name: str, packages_dir: str | Path = PACKAGES_DIR) -> Path:
+    """Where the `package` stage names the segmenter it made of network `name`, and its recipe."""
+    return Path(packages_dir) / f"{name}.json"
+
+
+def thresholds_table(name: str, packages_dir: str | Path = PACKAGES_DIR) -> Path:
+    """Every post-processing candidate the `package` stage scored on `val` for network `name`."""
+    return Path(packages_dir) / f"{name}_thresholds.csv"

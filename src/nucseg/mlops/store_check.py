@@ -16,7 +16,7 @@ from nucseg.mlops.networks import TRAINED_NETWORKS, package_record
 
 # What each pipeline output names in the store, and the stage that logged it.
 RUN_RECORDS = {trained.stage: f"{trained.directory}/run.json" for trained in TRAINED_NETWORKS.values()}
-PACKAGE_RECORDS, PACKAGE_STAGE = tuple(map(package_record, TRAINED_NETWORKS)), "package"
+PACKAGE_RECORDS, PACKAGE_STAGE = tuple(str(package_record(name)) for name in TRAINED_NETWORKS), "package"
 PROMOTION_REPORT, PROMOTE_STAGE = "reports/promotion.json", "promote"
 
 

@@ -2,7 +2,7 @@
 
 `score` and `predict` load `models:/nucseg-unet@champion`, so whichever model holds that alias
 is what users get. The candidates are the packages `package` made of each trained network
-(`models/packages/`), each with its own recipe (the thresholds its training stage chose on
+(`models/packages/`), each with its own recipe (the thresholds `package` chose for it on
 `val`), compared on the same `test` split and its shifted copies before the registry is touched:
 a crash mid-stage then leaves the aliases exactly as they were, and the registry is never without
 a champion. A package `evaluate` has scored already (the untuned one) is not scored again.
@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from nucseg import config, io
 from nucseg.config import get_logger
 from nucseg.core.data import load_split
 from nucseg.core.segment import Recipe
 from nucseg.mlops import tracking
-from nucseg.mlops.networks import PACKAGES_DIR, TRAINED_NETWORKS
+from nucseg.mlops.networks import PACKAGES_DIR, TRAINED_NETWORKS, package_record
 from nucseg.mlops.packaging import read_recipe, read_run_info
 from nucseg.mlops.runs import stage_run
 from nucseg.mlops.promotion_report import promotion_markdown, promotion_table
@@ -36,12 +36,12 @@ from nucseg.mlops.registry import (Candidate, best_val_loss, current_champion, d
 log = get_logger("nucseg.promote")
 
 
-CANDIDATES = {name: trained.directory for name, trained in TRAINED_NETWORKS.items()}  # on a DSB tie the first wins
+CANDIDATES = tuple(TRAINED_NETWORKS)  # on a DSB tie the first wins
 # Candidates whose package another stage scored on `test` and its shifted copies already.
 EVALUATED = {"untuned": "reports/eval_metrics.json"}
 
 
-def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATES,
+def run(params: dict[str, Any], candidates: Sequence[str] = CANDIDATES,
         packages_dir: str | Path = PACKAGES_DIR, evaluated: Mapping[str, str | Path] = EVALUATED,
         split_path: str | Path = "artifacts/split.csv", samples_dir: str | Path = "artifacts/prepared",
         metrics_path: str | Path = "reports/promotion.json",
@@ -56,8 +56,8 @@ def run(params: dict[str, Any], candidates: Mapping[str, str | Path] = CANDIDATE
         client = mlflow.MlflowClient()
         name = config.REGISTERED_MODEL
         lineage = tracking.lineage_tags()
-        sources = {cand: read_run_info(Path(packages_dir) / f"{cand}.json") for cand in candidates}
-        recipes = {cand: read_recipe(Path(folder) / "recipe.json") for cand, folder in candidates.items()}
+        sources = {cand: read_run_info(package_record(cand, packages_dir)) for cand in candidates}
+        recipes = {cand: read_recipe(package_record(cand, packages_dir)) for cand in candidates}
         prepared_with = Recipe.from_params(params)  # how the test samples were prepared
         samples = load_split(split_path, samples_dir, ("test",), desc="promote: loading")["test"]
         shifts = tuple(params["evaluate"]["shifts"])

@@ -1,5 +1,5 @@
-"""Stage `train`: the untuned U-Net, tracked in MLflow, resumable after an interruption, with
-its post-processing thresholds chosen on `val` (`recipe.json` beside the model).
+"""Stage `train`: the untuned U-Net, tracked in MLflow, resumable after an interruption. Its
+post-processing thresholds are chosen by `package`, so a post-processing change trains nothing.
 
 Every epoch writes `last.keras` and `state.json` into `checkpoints/untuned`, outside the DVC
 output `models/untuned` (which DVC deletes before it reruns the stage); a rerun after a crash or
@@ -21,9 +21,9 @@ import pandas as pd
 from nucseg import io
 from nucseg.config import get_logger
 from nucseg.core.data import load_split
-from nucseg.core.training import build_model, choose_recipe, fit, load_state, training_settings, write_history
+from nucseg.core.training import build_model, fit, load_state, training_settings, write_history
 from nucseg.mlops import tracking
-from nucseg.mlops.logged_models import MlflowLive, log_keras_model, log_recipe, log_training_curves
+from nucseg.mlops.logged_models import MlflowLive, log_keras_model, log_training_curves
 from nucseg.mlops.runs import stage_run
 
 log = get_logger("nucseg.train")
@@ -44,7 +44,7 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
     settings = training_settings(params, tracking.data_md5(), split_path, __file__)
     state = load_state(work_dir, settings)
     tracking.setup()
-    loaded = load_split(split_path, samples_dir, ("train", "val"), labelled=("val",), desc="train: loading")
+    loaded = load_split(split_path, samples_dir, ("train", "val"), labelled=(), desc="train: loading")
     train, val = loaded["train"], loaded["val"]
     if state:
         model = keras.saving.load_model(work_dir / "last.keras")
@@ -69,8 +69,6 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
             model = keras.saving.load_model(work_dir / "best.keras")
         model_dir.mkdir(parents=True, exist_ok=True)
         model.save(model_dir / "model.keras")
-        recipe, chosen = choose_recipe(model, params, train, val, model_dir)
-        log_recipe(model_dir, recipe, chosen)
         write_history(model_dir, history)
         log_training_curves(model_dir)
         model_uri = log_keras_model(model)
@@ -78,7 +76,6 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
         metrics = {"epochs": int(len(history)), "best_epoch": int(best["epoch"]) + 1, "budget_cut": cut,
                    "val_loss": round(float(best["val_loss"]), 5), "val_iou": round(float(best["val_iou"]), 5),
                    "val_dice": round(float(best["val_dice"]), 5),
-                   **{key: round(value, 4) for key, value in chosen.items()},
                    "minutes_this_session": round((time.monotonic() - started) / 60, 2),
                    "crops_per_second": round((len(history) - initial_epoch) * int(cfg["steps_per_epoch"])
                                              * int(cfg["batch_size"]) / max(time.monotonic() - started, 1e-9), 2)}

@@ -33,7 +33,7 @@ from nucseg.core.data import load_split  # noqa: E402
 from nucseg.core.search_space import VAL_METRICS, merged_params, search_settings  # noqa: E402
 from nucseg.mlops import distributed_search as distributed  # noqa: E402
 from nucseg.mlops import tracking, tuners  # noqa: E402
-from nucseg.mlops.logged_models import MlflowLive, log_keras_model, log_recipe, log_training_curves  # noqa: E402
+from nucseg.mlops.logged_models import MlflowLive, log_keras_model, log_training_curves  # noqa: E402
 from nucseg.mlops.runs import stage_run  # noqa: E402
 
 
@@ -90,11 +90,10 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
         if cut:
             log.warning("tune: %s; another machine would search differently (set tune.max_minutes: 0)", cut)
             mlflow.set_tag("budget_cut", cut)
-    chosen = log_tuned_model(tuner, best, merged_params(params, values), params, samples, model_dir, split_path,
-                             {"tune_run_id": parent.info.run_id, **({"budget_cut": cut} if cut else {})})
+    log_tuned_model(tuner, best, merged_params(params, values), params, samples, model_dir, split_path,
+                    {"tune_run_id": parent.info.run_id, **({"budget_cut": cut} if cut else {})})
     metrics = {"best_hyperparameters": values, "best_trial_id": best.trial_id, "budget_cut": cut,
                **{f"best_trial_{k}": round(v, 5) for k, v in tuners.trial_metrics(best).items()},
-               **{f"tuned_{k}": round(v, 4) for k, v in chosen.items()},
                "trials": len(tuner.oracle.trials), "trials_this_session": tuner.trials_run, "minutes": minutes}
     io.write_json(metrics_path, metrics)
     log.info("tuned: %s", metrics)
@@ -102,9 +101,9 @@ def run(params: dict[str, Any], split_path: str | Path = "artifacts/split.csv",
 
 
 def log_tuned_model(tuner, best, tuned: dict[str, Any], params: dict[str, Any], samples: tuple[list, list],
-                    model_dir: Path, split_path: str | Path, tags: dict[str, str]) -> dict[str, float]:
-    """The "tuned" run: retrained if tune.retrain, else the best trial's own weights; with its
-    thresholds chosen on val (returned: val DSB with the params' and the chosen thresholds)."""
+                    model_dir: Path, split_path: str | Path, tags: dict[str, str]) -> None:
+    """The "tuned" run: retrained if tune.retrain, else the best trial's own weights (`package`
+    chooses its thresholds, as for the untuned one)."""
     import mlflow
 
     metrics = tuners.trial_metrics(best)
@@ -122,11 +121,8 @@ def log_tuned_model(tuner, best, tuned: dict[str, Any], params: dict[str, Any], 
             model = tuners.load_trial_model(tuner, best)
             mlflow.log_metrics({name: metrics[name] for name in VAL_METRICS[1:]})  # as a trained run has them
         model.save(model_dir / "model.keras")
-        recipe, chosen = training.choose_recipe(model, tuned, samples[0], samples[1], model_dir)
-        log_recipe(model_dir, recipe, chosen)
         io.write_json(model_dir / "run.json", {"run_id": active.info.run_id, "model_uri": log_keras_model(model),
                                                "hyperparameters": tuners.space_values(best, params["tune"]["space"])})
-    return chosen
 
 
 def retrain(tuned: dict[str, Any], samples: tuple[list, list], model_dir: Path, run_id: str) -> keras.Model:

@@ -46,8 +46,9 @@ def fold_scores(params: dict[str, Any], samples: list[dict[str, Any]], held_out:
     when the data leaves nothing to train, choose thresholds on or score."""
     import keras
 
+    from nucseg.core.calibration import chosen_recipe
     from nucseg.core.evaluation import evaluate_model
-    from nucseg.core.training import build_model, choose_recipe, fit
+    from nucseg.core.training import build_model, fit
 
     train = [s for s in samples if s["split"] == "train" and s["type"] not in held_out]
     val = [s for s in samples if s["split"] == "val" and s["type"] not in held_out]
@@ -61,7 +62,7 @@ def fold_scores(params: dict[str, Any], samples: list[dict[str, Any]], held_out:
     model = build_model(params["model"], params["train"])
     fit(model, train, val, params, work_dir, run_id="", epochs=int(params["unseen"]["epochs"]))  # its own budget
     model = keras.saving.load_model(work_dir / "best.keras")
-    recipe, _ = choose_recipe(model, params, train, val, work_dir)
+    recipe, _, _ = chosen_recipe(model, params, train, val, desc=f"unseen: thresholds without {', '.join(held_out)}")
     per_image, _ = evaluate_model(model, unseen, recipe, desc=f"unseen: {', '.join(held_out)}")
     types = {s["id"]: s["type"] for s in unseen}
     return per_image.assign(type=per_image["id"].map(types), fold=" + ".join(held_out))
