@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from nucseg import io
 from nucseg.core.manifest import build_manifest
+from nucseg.mlops import tracking
 from nucseg.stages.validate import ValidationFailed, run
 
 
@@ -39,6 +40,8 @@ def test_suite_passes_on_real_slice(params, real_slice, tmp_path):
     assert summary["masks"] == sum(len(list((s / "masks").iterdir())) for s in real_slice.iterdir())
     assert json.loads(summary_file.read_text()) == summary
     assert manifest.exists()
+    # the data version the later stages depend on for their runs' lineage (data.dvc's md5)
+    assert summary["data_md5"] == tracking.data_md5() and len(summary["data_md5"]) == 36  # md5 + ".dir"
 
 
 def break_unreadable_png(sample: Path) -> Path:
