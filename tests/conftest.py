@@ -138,7 +138,8 @@ def small_params() -> dict:
     params["train"].update(crop_size=64, batch_size=2, steps_per_epoch=2, epochs=1, val_crops=2, workers=1)
     params["inference"].update(tile_size=256, tile_overlap=32)
     params["evaluate"].update(overlays_per_modality=1, shifts=["x2", "darker"])
-    params["unseen"].update(epochs=1, folds=[["histology"], ["brightfield"], ["fluorescence"]])
+    params["unseen"].update(epochs=1, folds={"histology": ["histology"], "brightfield": ["brightfield"],
+                                             "fluorescence": ["fluorescence"]})
     params["tune"].update(max_epochs=2, hyperband_factor=2, steps_per_epoch=1, max_minutes=1,
                           space={**params["tune"]["space"], "base_filters": [4], "depth": [2]})
     return params

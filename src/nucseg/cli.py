@@ -135,6 +135,14 @@ def evaluate(params: Path = PARAMS) -> None:
     _run_stage("evaluation", stage.run, params, PackagingError)
 
 
+@app.command("unseen-fold")
+def unseen_fold(name: str = typer.Argument(..., help="the fold: a key of unseen.folds"), params: Path = PARAMS) -> None:
+    """Leave-type-out: train the untuned recipe without the image types of one fold."""
+    from nucseg.stages import unseen_fold as stage
+
+    _run_stage(f"unseen fold {name}", lambda loaded: stage.run(loaded, name), params, ValueError)
+
+
 @app.command()
 def unseen(params: Path = PARAMS) -> None:
     """Leave-type-out: DSB of the training recipe on image types held out of its training."""

@@ -17,6 +17,7 @@ class Trained(NamedTuple):
 
 TRAINED_NETWORKS = {"untuned": Trained("train", "models/untuned"), "tuned": Trained("tune", "models/tuned")}
 PACKAGES_DIR = "models/packages"
+FOLDS_DIR = "models/unseen"  # the leave-type-out folds' networks (`unseen_fold`), one folder per fold
 
 
 def package_record(name: str, packages_dir: str | Path = PACKAGES_DIR) -> Path:
