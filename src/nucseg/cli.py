@@ -66,6 +66,12 @@ def _one_line_errors(*expected: type[Exception]) -> Iterator[None]:
         raise
 
 
+def _training_backend(params: Path) -> None:
+    """A training stage's Keras backend (`train.backend`), set before the stage's module loads Keras."""
+    with _one_line_errors(OSError, ValueError, RuntimeError):
+        config.use_training_backend(config.load_params(params))
+
+
 def _run_stage(label: str, stage_run, params: Path, *expected: type[Exception]) -> None:
     """Run a stage on the params file; known failures become one red line and exit status 1."""
     from nucseg import io
@@ -111,6 +117,7 @@ def prepare(params: Path = PARAMS) -> None:
 @app.command()
 def train(params: Path = PARAMS) -> None:
     """Train the untuned U-Net (resumes an interrupted run) and log it to MLflow."""
+    _training_backend(params)
     from nucseg.stages import train as stage
 
     _run_stage("trained", stage.run, params)
@@ -138,6 +145,7 @@ def evaluate(params: Path = PARAMS) -> None:
 @app.command("unseen-fold")
 def unseen_fold(name: str = typer.Argument(..., help="the fold: a key of unseen.folds"), params: Path = PARAMS) -> None:
     """Leave-type-out: train the untuned recipe without the image types of one fold."""
+    _training_backend(params)
     from nucseg.stages import unseen_fold as stage
 
     _run_stage(f"unseen fold {name}", lambda loaded: stage.run(loaded, name), params, ValueError)
@@ -164,6 +172,7 @@ def tune(
     all with the same MLFLOW_TRACKING_URI and params."""
     from functools import partial
 
+    _training_backend(params)
     from nucseg.mlops.distributed_search import ROLES
     from nucseg.mlops.keras_tuner_compat import IncompatibleKerasTuner
     from nucseg.stages import tune as stage

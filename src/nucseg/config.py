@@ -39,6 +39,24 @@ def load_params(path: str | Path | None = None) -> dict[str, Any]:
         return yaml.safe_load(fh)
 
 
+BACKENDS = ("tensorflow", "jax")
+
+
+def use_training_backend(params: dict[str, Any]) -> str:
+    """Set Keras's backend to `train.backend` before Keras loads, for a stage that trains: JAX
+    runs on an accelerator where one is installed (`pip install -e .[accelerator]`), TensorFlow
+    (CPU) is the default. Inference stages run ONNX Runtime whatever trained the network."""
+    import sys
+
+    backend = params["train"].get("backend", "tensorflow")
+    if backend not in BACKENDS:
+        raise ValueError(f"train.backend must be one of {BACKENDS}, got {backend!r}")
+    if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") != backend:
+        raise RuntimeError(f"train.backend {backend!r}: Keras is loaded already on {os.environ.get('KERAS_BACKEND')!r}")
+    os.environ["KERAS_BACKEND"] = backend
+    return backend
+
+
 def tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI` wins; otherwise the sqlite store at the project root."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"

@@ -112,3 +112,36 @@ def test_clock_cap_is_opt_in_and_labels_the_run_it_cuts(tiny_params, synthetic_p
     assert metrics["budget_cut"] == "the clock cap train.max_minutes=1e-09 stopped training after epoch 1 of 3"
     run_id = json.loads((tmp_path / "models" / "run.json").read_text())["run_id"]
     assert mlflow.MlflowClient().get_run(run_id).data.tags["budget_cut"] == metrics["budget_cut"]
+
+
+@pytest.mark.slow
+def test_train_runs_on_the_backend_params_name_and_its_network_serves_anywhere(tiny_params, tmp_path):
+    """`train.backend: jax` trains with JAX (what an accelerator runs); the run says so, and the
+    network file loads and predicts under TensorFlow like any other. An unknown backend is one line."""
+    import os
+    import subprocess
+
+    import keras
+    import yaml
+
+    from conftest import BIN, write_synthetic_prepared
+
+    write_synthetic_prepared(tmp_path / "artifacts")
+    tiny_params["train"]["backend"] = "jax"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "KERAS_BACKEND": "tensorflow"}
+    done = subprocess.run([str(BIN / "nucseg"), "train"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((tmp_path / "models" / "untuned" / "run.json").read_text())
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    assert mlflow.MlflowClient().get_run(info["run_id"]).data.tags["keras_backend"] == "jax"
+    assert keras.backend.backend() == "tensorflow"
+    network = keras.saving.load_model(tmp_path / "models" / "untuned" / "model.keras", compile=False)
+    maps = network.predict_on_batch(np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32))
+    assert maps.shape == (1, 64, 64, 2) and np.isfinite(maps).all()
+
+    tiny_params["train"]["backend"] = "torch"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params))
+    refused = subprocess.run([str(BIN / "nucseg"), "train"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "train.backend must be one of ('tensorflow', 'jax'), got 'torch'" in refused.stderr
+    assert "Traceback" not in refused.stderr

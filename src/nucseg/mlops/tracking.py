@@ -118,7 +118,8 @@ def dvc_experiment() -> tuple[str, str] | None:
 def lineage_tags() -> dict[str, str]:
     """Which data and code made a run, and what started it: a DVC experiment, `mlflow run`."""
     md5 = data_md5()
-    tags = {"data_md5": md5, "data_version": data_version(md5), "git_commit": git_commit()}
+    tags = {"data_md5": md5, "data_version": data_version(md5), "git_commit": git_commit(),
+            "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
     experiment = dvc_experiment()
     if experiment:
         tags.update(dvc_experiment=experiment[0], dvc_baseline=experiment[1])
