@@ -1,8 +1,8 @@
 """A trained network becomes the segmenter users get (`segmenter_model`): the network from its
 training stage's own output (`models/<name>/model.keras`) with the recipe chosen for it on `val`
 (`calibration.chosen_recipe`), exported to ONNX and int8 where that keeps its `val` DSB, logged
-once as an MLflow pyfunc into the run that trained it. `evaluate`, `promote`, the registry and `score` all use this package,
-so what was measured is what is served."""
+once as an MLflow pyfunc into the run that trained it. `evaluate`, `promote`, the registry and
+`score` all use this package, so what was measured is what is served."""
 
 from __future__ import annotations
 
