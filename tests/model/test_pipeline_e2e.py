@@ -101,6 +101,31 @@ def test_a_lost_mlflow_store_is_named_with_what_to_rebuild(pipeline):
     assert "`dvc repro -s -f train tune`, then `dvc repro`" in output
 
 
+@pytest.mark.parametrize("change, rerun", [
+    (("search", "min_object_area"), {"package@untuned", "package@tuned", "unseen", "promote"}),
+    (("fg_threshold",), {"package@untuned", "package@tuned", "unseen", "promote", "tune"}),  # tune ranks by it
+])
+def test_a_postprocess_change_trains_nothing_it_need_not(pipeline, change, rerun):
+    """What `dvc status` says a post-processing change invalidates: the stages that choose
+    thresholds or score with them; no training but the tuner's search, whose objective uses them."""
+    import yaml
+
+    params_file = pipeline / "params.yaml"
+    kept = params_file.read_text()
+    params = yaml.safe_load(kept)
+    if change[0] == "search":
+        params["postprocess"]["search"][change[1]] = [7, 13]
+    else:
+        params["postprocess"][change[0]] = 0.42
+    params_file.write_text(yaml.safe_dump(params))
+    try:
+        status = json.loads(sh("dvc", "status", "--json", cwd=pipeline, env=pipeline_env()).stdout)
+    finally:
+        params_file.write_text(kept)
+    assert set(status) - {"store_check"} == rerun
+    assert not {"train", "unseen_fold@histology"} & set(status)
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(pipeline):
     port = free_port()
