@@ -24,7 +24,6 @@ def two_types(tmp_path):
     return folder
 
 
-@pytest.mark.slow
 def train_folds(params, data, folds_dir) -> list[dict]:
     return [unseen_fold.run(params, name, data / "split.csv", data / "prepared", folds_dir)
             for name in params["unseen"]["folds"]]
