@@ -248,6 +248,13 @@ def test_better_tuned_model_is_champion_and_rerun_is_idempotent(world, promote, 
     assert all(tags[f"quality.{level}.dsb"] == str(quality[level]["dsb"]) and
                float(tags[f"quality.{level}.megapixels_per_second"]) > 0 for level in quality)
     assert "test split" in tags["quality.measured_on"]
+    record = json.loads((tmp_path / "packages" / "tuned.json").read_text())
+    trained_run = mlflow.MlflowClient().get_run(record["run_id"])  # the thresholds `package` chose travel with it
+    assert trained_run.data.tags["recipe.fg_threshold"] == str(record["recipe"]["fg_threshold"])
+    assert trained_run.data.metrics["val_dsb"] == pytest.approx(record["val_dsb"], abs=5e-5)
+    assert trained_run.data.metrics["val_dsb"] >= trained_run.data.metrics["val_dsb_params_thresholds"]
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(record["run_id"], "evaluation")} \
+        >= {"evaluation/thresholds.csv"}
 
     assert json.loads((tmp_path / "reports" / "promotion.json").read_text()) == result
     report = (tmp_path / "reports" / "promotion.md").read_text()
